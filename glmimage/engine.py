@@ -1,0 +1,181 @@
+"""The engine: one generation request in, one result out.
+
+The UI talks only to the :class:`Engine` interface, so another backend (a remote GPU pool) can stand behind it.
+:class:`LocalEngine` runs the cached pipeline on long-lived worker threads (torch's CPU thread pool slows down
+when the calling thread changes, and Gradio alternates its threads), reports each step, stops between steps when
+asked, and turns every failure into an :class:`EngineError` whose key the UI words for the visitor.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .limits import MAX_SEED
+from .loading import ModelNotReady, PipelineLoader
+from .requests import GenerationRequest, check_token_count
+from .styles import StyleBook, StyledPrompt
+
+log = logging.getLogger("glmimage.engine")
+
+StepCallback = Callable[[int, int], None]  # (steps done, total steps)
+StopCheck = Callable[[], bool]
+LOAD_TIMEOUT_S = 1800.0
+
+
+class EngineError(RuntimeError):
+    """A generation failed; ``key`` is the message key, ``params`` its values."""
+
+    def __init__(self, key: str, **params: object) -> None:
+        super().__init__(key)
+        self.key = key
+        self.params = params
+
+
+class GenerationStopped(EngineError):
+    """The visitor pressed Stop or went away: the job ended between two steps and freed the GPU."""
+
+    def __init__(self, steps_done: int, total: int) -> None:
+        super().__init__("status.stopped", step=steps_done, total=total)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds spent in each part of one generation (the UI adds queue wait, saving and total)."""
+
+    load_wait_s: float
+    model_s: float
+    per_step_s: float
+    steps: int
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest
+    seed: int
+    final: StyledPrompt
+    images: list[Any]  # PIL images
+    timings: Timings
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    """What the UI needs from a backend."""
+
+    def submit(self, request: GenerationRequest, on_step: StepCallback | None = None,
+               should_stop: StopCheck | None = None) -> concurrent.futures.Future[GenerationResult]: ...
+
+    def count_tokens(self, text: str) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+def pick_seed(request: GenerationRequest) -> int:
+    """The seed to use: the request's, or a fresh random one that is reported back so the image can be remade."""
+    return secrets.randbelow(MAX_SEED + 1) if request.randomize_seed else request.seed
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class LocalEngine:
+    """Runs generations on this machine's pipeline, ``workers`` at a time (the queue's concurrency limit)."""
+
+    def __init__(self, loader: PipelineLoader, styles: StyleBook, workers: int = 1) -> None:
+        self.loader = loader
+        self.styles = styles
+        self.workers = workers
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                                               thread_name_prefix="glmimage-gpu")
+        self._local = threading.local()
+
+    def submit(self, request: GenerationRequest, on_step: StepCallback | None = None,
+               should_stop: StopCheck | None = None) -> concurrent.futures.Future[GenerationResult]:
+        return self._executor.submit(self.generate, request, on_step, should_stop)
+
+    def count_tokens(self, text: str) -> int | None:
+        """Token count of ``text`` as the pipeline reads it, or None while the model is not loaded."""
+        if self.loader.state.value != "ready":
+            return None
+        tokenizer = self.loader.wait(0).tokenizer
+        return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _pipeline(self) -> Any:
+        """This worker's pipeline. With several workers each gets its own pipeline object and scheduler (both
+        keep per-call state) over the same shared weights; one worker uses the loaded object itself."""
+        started = time.perf_counter()
+        shared = self.loader.wait(LOAD_TIMEOUT_S)
+        waited = time.perf_counter() - started
+        if self.workers == 1:
+            return shared, waited
+        own = getattr(self._local, "pipe", None)
+        if own is None:
+            components = dict(shared.components, scheduler=copy.deepcopy(shared.scheduler))
+            own = type(shared)(**components)
+            own.set_progress_bar_config(disable=True)
+            self._local.pipe = own
+        return own, waited
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
+                 should_stop: StopCheck | None = None) -> GenerationResult:
+        """Run one request to the end (or to a stop); always on a worker thread of this engine."""
+        import torch
+
+        try:
+            pipe, load_wait = self._pipeline()
+        except ModelNotReady as exc:
+            raise EngineError(exc.key, detail=exc.detail) from None
+        final = self.styles.apply(request.style, request.prompt, request.negative_prompt)
+        for name, text in (("prompt", final.prompt), ("negative_prompt", final.negative_prompt)):
+            tokens = self.count_tokens(text)
+            if tokens is not None:
+                check_token_count(name, tokens)
+        seed = pick_seed(request)
+        total = request.num_inference_steps
+
+        def step_end(_pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(step + 1, total)
+            if should_stop is not None and should_stop() and step + 1 < total:
+                raise GenerationStopped(step + 1, total)
+            return kwargs
+
+        started = time.perf_counter()
+        try:
+            output = pipe(
+                prompt=final.prompt,
+                negative_prompt=final.negative_prompt or None,
+                width=request.width,
+                height=request.height,
+                num_inference_steps=total,
+                guidance_scale=request.guidance_scale,
+                num_images_per_prompt=request.num_images,
+                generator=torch.Generator("cpu").manual_seed(seed),
+                callback_on_step_end=step_end,
+            )
+        except GenerationStopped:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a clear message; the server goes on
+            if is_out_of_memory(exc):
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                log.warning("out of memory at %dx%d, %d image(s)", request.width, request.height, request.num_images)
+                raise EngineError("error.oom") from None
+            log.exception("generation failed at %dx%d, %d step(s)", request.width, request.height, total)
+            raise EngineError("error.generation_failed") from None
+        model_s = time.perf_counter() - started
+        timings = Timings(load_wait_s=load_wait, model_s=model_s, per_step_s=model_s / total, steps=total)
+        return GenerationResult(request=request, seed=seed, final=final, images=list(output.images), timings=timings)

@@ -1,0 +1,148 @@
+"""The one place that loads the CogView4 pipeline: once, in the background, shared by every session.
+
+The page comes up at once; the model loads on its own thread and reports its state (loading / ready / failed
+with the reason). A generation asked for while loading waits. A failed load leaves the server up and says what
+to do.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .accel import FastPaths, prepare_pipeline
+from .limits import DEFAULT_MODEL
+from .tiny import TINY_MODEL_NAME, ensure_tiny_model
+
+log = logging.getLogger("glmimage.loading")
+
+
+class ModelState(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class ModelNotReady(RuntimeError):
+    """The model failed to load (``key`` names the reason for the UI) or did not load in time."""
+
+    def __init__(self, key: str, detail: str = "") -> None:
+        super().__init__(f"{key}: {detail}" if detail else key)
+        self.key = key
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model to load and why; ``auto_tiny`` is True when the tiny one was chosen for want of a GPU."""
+
+    name: str
+    is_tiny: bool
+    auto_tiny: bool
+
+
+def choose_model(requested: str | None, cuda_available: bool) -> ModelChoice:
+    if requested is None:
+        if cuda_available:
+            return ModelChoice(DEFAULT_MODEL, is_tiny=False, auto_tiny=False)
+        return ModelChoice(TINY_MODEL_NAME, is_tiny=True, auto_tiny=True)
+    return ModelChoice(requested, is_tiny=requested == TINY_MODEL_NAME, auto_tiny=False)
+
+
+def choose_dtype(requested: str, device_type: str) -> str:
+    """bfloat16 on CUDA, float32 on CPU (bfloat16 matmuls are slow on most CPUs). float16 is refused earlier."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if device_type == "cuda" else "float32"
+
+
+def failure_key(exc: BaseException, model: str) -> str:
+    """Turn a loading error into a message key that says what to do."""
+    text = f"{type(exc).__name__}: {exc}"
+    if "OutOfMemory" in text or "out of memory" in text.lower():
+        return "load.oom"
+    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") != 1  # a hub id is "org/name"
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)) or (looks_like_path and not os.path.exists(model)):
+        return "load.bad_path"
+    hub_words = ("LocalEntryNotFound", "OfflineModeIsEnabled", "ConnectError", "ConnectionError", "MaxRetryError",
+                 "Name or service not known", "Temporary failure in name resolution", "offline", "huggingface.co")
+    if any(word in text for word in hub_words):
+        return "load.no_hub"
+    return "load.failed"
+
+
+class PipelineLoader:
+    """Loads the pipeline once on a background thread; ``wait()`` hands the same object to every caller."""
+
+    def __init__(self, model: str | None, dtype: str = "auto", fast: FastPaths | None = None, *,
+                 warmup: bool = True, cache_dir: str | None = None) -> None:
+        import torch
+
+        self._torch = torch
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda" if cuda else "cpu")
+        self.choice = choose_model(model, cuda)
+        self.dtype_name = choose_dtype(dtype, self.device.type)
+        self.fast = fast or FastPaths()
+        self.warmup = warmup
+        self.cache_dir = cache_dir
+        self.state = ModelState.LOADING
+        self.error_key = ""
+        self.error_detail = ""
+        self.load_seconds: float | None = None
+        self._pipe: Any = None
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> PipelineLoader:
+        """Start loading in the background (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._load, name="glmimage-loader", daemon=True)
+            self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """The loaded pipeline; raises :class:`ModelNotReady` if loading failed or took longer than ``timeout``."""
+        if not self._done.wait(timeout):
+            raise ModelNotReady("load.timeout")
+        if self.state is ModelState.FAILED:
+            raise ModelNotReady(self.error_key, self.error_detail)
+        return self._pipe
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._pipe = self.load_pipeline()
+            self.load_seconds = time.perf_counter() - started
+            log.info("model %s ready on %s (%s) in %.1f s", self.choice.name, self.device, self.dtype_name,
+                     self.load_seconds)
+            self.state = ModelState.READY
+        except BaseException as exc:  # noqa: BLE001 - any failure is reported, and the server stays up
+            self.error_key = failure_key(exc, self.choice.name)
+            self.error_detail = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.error("loading model %s failed (%s): %s", self.choice.name, self.error_key, self.error_detail)
+            self.state = ModelState.FAILED
+        finally:
+            self._done.set()
+
+    def load_pipeline(self) -> Any:
+        from diffusers import CogView4Pipeline
+
+        torch = self._torch
+        path = str(ensure_tiny_model(self.cache_dir)) if self.choice.is_tiny else self.choice.name
+        log.info("loading model %s (%s) on %s", self.choice.name, self.dtype_name, self.device)
+        # Always pass the dtype: without it the text encoder keeps bfloat16 while the rest is float32.
+        pipe = CogView4Pipeline.from_pretrained(path, dtype=getattr(torch, self.dtype_name))
+        pipe.set_progress_bar_config(disable=True)
+        prepare_pipeline(pipe, self.device, self.fast)
+        if self.warmup:
+            warm_started = time.perf_counter()
+            pipe("warm-up", width=512, height=512, num_inference_steps=2, guidance_scale=1.0,
+                 generator=torch.Generator("cpu").manual_seed(0))
+            log.info("warm-up generation took %.1f s", time.perf_counter() - warm_started)
+        return pipe

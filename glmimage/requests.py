@@ -1,0 +1,142 @@
+"""A generation request, and the validation that every request passes before it may queue for the GPU.
+
+Validation never "fixes" input: anything outside the rules is refused with an :class:`InputError` that names
+the field and the allowed range. Values arrive as raw JSON from the page or the API, so types are checked too.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import limits
+from .sizes import size_problem
+from .styles import StyleBook
+
+
+class InputError(ValueError):
+    """Bad input. ``key`` and ``params`` let the UI word the message in the visitor's language."""
+
+    def __init__(self, key: str, english: str, **params: object) -> None:
+        super().__init__(english)
+        self.key = key
+        self.params = params
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What one press of Generate asks for (field names are those of the ``/generate`` API)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    style: str = limits.DEFAULT_STYLE
+    width: int = limits.DEFAULT_WIDTH
+    height: int = limits.DEFAULT_HEIGHT
+    num_images: int = limits.DEFAULT_NUM_IMAGES
+    seed: int = 0
+    randomize_seed: bool = True
+    num_inference_steps: int = limits.DEFAULT_STEPS
+    guidance_scale: float = limits.DEFAULT_GUIDANCE
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _text(field: str, value: object, *, required: bool) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise InputError("error.not_text", f"{field} must be text.", field=field)
+    if len(value) > limits.MAX_PROMPT_CHARS:
+        raise InputError(
+            "error.text_too_long",
+            f"{field} is too long: {len(value)} characters, at most {limits.MAX_PROMPT_CHARS}.",
+            field=field, length=len(value), max=limits.MAX_PROMPT_CHARS,
+        )
+    # Control characters (a NUL byte, escape sequences) are never part of a description; tabs and newlines are.
+    if any(unicodedata.category(ch) == "Cc" and ch not in "\t\n\r" for ch in value):
+        raise InputError("error.control_chars", f"{field} contains control characters.", field=field)
+    if required and not value.strip():
+        raise InputError("error.empty_prompt", "Please enter a prompt: it is empty.", field=field)
+    return value
+
+
+def _integer(field: str, value: object, low: int, high: int) -> int:
+    """A whole number in [low, high]; 512.0 is accepted (JSON has one number type), 512.5 and True are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError("error.not_integer", f"{field} must be a whole number from {low} to {high}.",
+                         field=field, min=low, max=high)
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise InputError("error.not_integer", f"{field} must be a whole number from {low} to {high}.",
+                         field=field, min=low, max=high)
+    number = int(value)
+    if not low <= number <= high:
+        raise InputError("error.out_of_range", f"{field} must be from {low} to {high} (got {number}).",
+                         field=field, min=low, max=high, value=number)
+    return number
+
+
+def _number(field: str, value: object, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError("error.not_number", f"{field} must be a finite number from {low} to {high}.",
+                         field=field, min=low, max=high)
+    if not low <= value <= high:
+        raise InputError("error.out_of_range", f"{field} must be from {low} to {high} (got {value}).",
+                         field=field, min=low, max=high, value=value)
+    return float(value)
+
+
+def _size(width: int, height: int) -> None:
+    problem = size_problem(width, height)
+    if problem == "error.side_range":
+        raise InputError(problem, f"width and height must be from {limits.MIN_SIDE} to {limits.MAX_SIDE} pixels "
+                         f"(got {width}×{height}).", width=width, height=height, min=limits.MIN_SIDE,
+                         max=limits.MAX_SIDE)
+    if problem == "error.side_multiple":
+        raise InputError(problem, f"width and height must be multiples of {limits.SIDE_MULTIPLE} "
+                         f"(got {width}×{height}).", width=width, height=height, multiple=limits.SIDE_MULTIPLE)
+    if problem == "error.too_many_pixels":
+        raise InputError(problem, f"width × height must be at most {limits.MAX_PIXELS:,} pixels "
+                         f"(got {width}×{height} = {width * height:,}).", width=width, height=height,
+                         max_pixels=limits.MAX_PIXELS, pixels=width * height)
+
+
+def validate_request(
+    styles: StyleBook,
+    prompt: object,
+    negative_prompt: object = "",
+    style: object = limits.DEFAULT_STYLE,
+    width: object = limits.DEFAULT_WIDTH,
+    height: object = limits.DEFAULT_HEIGHT,
+    num_images: object = limits.DEFAULT_NUM_IMAGES,
+    seed: object = 0,
+    randomize_seed: object = True,
+    num_inference_steps: object = limits.DEFAULT_STEPS,
+    guidance_scale: object = limits.DEFAULT_GUIDANCE,
+) -> GenerationRequest:
+    """Check raw values field by field and build the request; the first problem raises :class:`InputError`."""
+    prompt_text = _text("prompt", prompt, required=True)
+    negative_text = _text("negative_prompt", negative_prompt, required=False)
+    if not isinstance(style, str) or style not in styles:
+        raise InputError("error.unknown_style", f"Unknown style {str(style)[:40]!r}: choose one of the list.",
+                         style=str(style)[:40])
+    width_px = _integer("width", width, limits.MIN_SIDE, limits.MAX_SIDE)
+    height_px = _integer("height", height, limits.MIN_SIDE, limits.MAX_SIDE)
+    _size(width_px, height_px)
+    images = _integer("num_images", num_images, limits.MIN_IMAGES, limits.MAX_IMAGES)
+    seed_value = _integer("seed", seed, 0, limits.MAX_SEED)
+    if not isinstance(randomize_seed, bool):
+        raise InputError("error.not_boolean", "randomize_seed must be true or false.", field="randomize_seed")
+    steps = _integer("num_inference_steps", num_inference_steps, limits.MIN_STEPS, limits.MAX_STEPS)
+    guidance = _number("guidance_scale", guidance_scale, limits.MIN_GUIDANCE, limits.MAX_GUIDANCE)
+    return GenerationRequest(prompt_text, negative_text, style, width_px, height_px, images, seed_value,
+                             randomize_seed, steps, guidance)
+
+
+def check_token_count(field: str, tokens: int) -> None:
+    """Refuse a prompt longer than CogView4 reads, instead of letting the pipeline cut it silently."""
+    if tokens > limits.MAX_PROMPT_TOKENS:
+        raise InputError("error.too_many_tokens", f"{field} is too long: {tokens} tokens, the model reads at most "
+                         f"{limits.MAX_PROMPT_TOKENS}.", field=field, tokens=tokens, max=limits.MAX_PROMPT_TOKENS)

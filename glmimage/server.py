@@ -1,0 +1,148 @@
+"""Assembling and launching the app: settings in, a running server out. ``app.py`` only calls :func:`main`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Gradio's analytics contact the internet when Blocks() is created; off before gradio is imported.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+
+from .config import Settings, load_settings  # noqa: E402
+from .engine import Engine, LocalEngine  # noqa: E402
+from .enhancer import EnhancerConfig, PromptEnhancer  # noqa: E402
+from .i18n import load_translations  # noqa: E402
+from .loading import PipelineLoader  # noqa: E402
+from .sessions import FileSweeper  # noqa: E402
+from .sizes import ASSETS_DIR, load_size_presets  # noqa: E402
+from .styles import StyleBook, load_styles  # noqa: E402
+
+log = logging.getLogger("glmimage")
+
+
+def load_examples(styles_ids: Sequence[str], path: Path = ASSETS_DIR / "examples.json") -> list[dict[str, Any]]:
+    examples = json.loads(path.read_text(encoding="utf-8"))
+    for example in examples:
+        if example["style"] not in styles_ids:
+            raise ValueError(f"{path.name}: example {example['prompt'][:30]!r} names an unknown style "
+                             f"{example['style']!r}")
+    return examples
+
+
+@dataclass
+class App:
+    demo: Any  # gr.Blocks
+    loader: PipelineLoader
+    i18n: Any  # gr.I18n, passed to launch()
+    files_root: Path
+    engine: Any  # glmimage.engine.Engine
+
+
+EngineFactory = Callable[[PipelineLoader, StyleBook, int], Engine]
+
+
+def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) -> App:
+    """Check the data files, start loading the model in the background, and build the page (not launched).
+
+    ``engine_factory`` lets tests put a faulty engine behind the real page."""
+    from .ui import AppParts, build_demo, files_folder, make_i18n
+
+    styles = load_styles()
+    translator = load_translations()
+    presets = load_size_presets()
+    examples = load_examples(styles.ids)
+    enhancer_config = EnhancerConfig.from_env()
+    loader = PipelineLoader(settings.model, settings.dtype, settings.fast_paths, warmup=settings.warmup,
+                            cache_dir=settings.cache_dir).start()
+    engine = engine_factory(loader, styles, settings.concurrency)
+    parts = AppParts(settings=settings, loader=loader, engine=engine, styles=styles, translator=translator,
+                     presets=presets, examples=examples, files_root=files_folder(),
+                     enhancer=PromptEnhancer(enhancer_config) if enhancer_config else None)
+    i18n = make_i18n(translator, styles)
+    demo = build_demo(parts, i18n)
+    # api_open=False: otherwise POST /gradio_api/run/<name> skips the queue and its concurrency limit.
+    demo.queue(default_concurrency_limit=1, max_size=settings.max_queue, api_open=False)
+    return App(demo, loader, i18n, parts.files_root, engine)
+
+
+def health_route(demo: Any, loader: PipelineLoader, started: float) -> Route:
+    """``/healthz`` for load balancers: answered on the event loop, never behind the GPU queue."""
+
+    async def healthz(_request: Request) -> JSONResponse:
+        queue = getattr(demo, "_queue", None)
+        body = {
+            "status": "ok" if loader.state.value != "failed" else "degraded",
+            "model": loader.choice.name,
+            "model_state": loader.state.value,
+            "device": loader.device.type,
+            "dtype": loader.dtype_name,
+            "queue_length": len(queue) if queue is not None else 0,
+            "uptime_s": round(time.monotonic() - started, 1),
+        }
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    return Route("/healthz", healthz, methods=["GET"])
+
+
+def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFactory = LocalEngine) -> App:
+    """Build and start the server; with ``block=False`` it returns at once (tests, benchmarks)."""
+    started = time.monotonic()
+    app = create_app(settings, engine_factory)
+    demo, loader = app.demo, app.loader
+    from .ui import CSS
+
+    sweeper = FileSweeper(app.files_root, settings.file_ttl)
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        sweeper.start()
+        try:
+            yield
+        finally:
+            sweeper.close()  # nothing generated outlives the server
+
+    demo.launch(
+        server_name=settings.host,
+        server_port=settings.port,
+        i18n=app.i18n,
+        state_session_capacity=settings.max_sessions,
+        footer_links=["api", "settings"],
+        run_history=False,
+        ssr_mode=False,
+        share=False,
+        show_error=True,
+        css=CSS,
+        app_kwargs={"routes": [health_route(demo, loader, started)], "lifespan": lifespan},
+        prevent_thread_lock=not block,
+        quiet=False,
+    )
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(argv)
+    except ValueError as exc:
+        print(f"app.py: error: {exc}", file=sys.stderr)
+        return 2
+    if settings.model is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            log.warning("no CUDA GPU found: starting on the tiny test model (random weights, draws noise). "
+                        "Pass --model THUDM/CogView4-6B to force the real one.")
+    launch(settings)
+    return 0

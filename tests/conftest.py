@@ -1,0 +1,106 @@
+"""Shared fixtures: the tiny model, built once per test run, and a real GLM Image server on a free port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Every test run writes Gradio's temporary files into a folder of its own, so tests can check what was written.
+os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="glmimage-test-gradio-"))
+os.environ.setdefault("GLMIMAGE_CACHE_DIR", tempfile.mkdtemp(prefix="glmimage-test-cache-"))
+
+import pytest  # noqa: E402
+
+from glmimage.config import Settings  # noqa: E402
+from glmimage.styles import StyleBook, load_styles  # noqa: E402
+from glmimage.tiny import ensure_tiny_model  # noqa: E402
+
+# The size and step count every end-to-end test uses: real code on the tiny model, fast on a CPU.
+SMALL = dict(width=512, height=512, num_inference_steps=2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request_kwargs(**overrides: Any) -> dict[str, Any]:
+    """A valid /generate call (tiny, fast), with some fields changed."""
+    values: dict[str, Any] = dict(prompt="a red apple on a wooden table", negative_prompt="", style="none",
+                                  num_images=1, seed=1234, randomize_seed=False, guidance_scale=3.5, **SMALL)
+    values.update(overrides)
+    return values
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def styles() -> StyleBook:
+    return load_styles()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_model_path: Path) -> Any:
+    import torch
+    from diffusers import CogView4Pipeline
+
+    pipe = CogView4Pipeline.from_pretrained(tiny_model_path, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class RunningServer:
+    """A launched app: ``url`` for clients, ``app`` for looking inside (files folder, loader, engine)."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.url = f"http://{settings.host}:{settings.port}/"
+
+    def client(self, **kwargs: Any) -> Any:
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False, **kwargs)
+
+    def close(self) -> None:
+        self.app.demo.close()
+
+
+@pytest.fixture(scope="session")
+def start_server(tiny_model_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start a server with the given settings (tiny model, loopback, free port); all are closed at the end."""
+    from glmimage.engine import LocalEngine
+    from glmimage.server import launch
+
+    servers: list[RunningServer] = []
+
+    def start(engine_factory: Any = LocalEngine, **overrides: Any) -> RunningServer:
+        values: dict[str, Any] = dict(model="tiny", host="127.0.0.1", port=free_port(), rate_limit="0",
+                                      warmup=False, max_jobs_per_client=0)
+        values.update(overrides)
+        settings = Settings(**values)
+        app = launch(settings, block=False, engine_factory=engine_factory)
+        app.loader.wait(120)
+        server = RunningServer(app, settings)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def server(start_server: Callable[..., RunningServer]) -> RunningServer:
+    """The default server shared by end-to-end tests: no rate limit, concurrency 1."""
+    return start_server()

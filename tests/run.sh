@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run every test, the browser tests included: installs what they need first (Python packages, and Debian's
+# chromium with a CJK font when they are missing), then runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q -r requirements.txt
+if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi "wenquanyi"; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium fonts-wqy-microhei
+fi
+export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
+python -m pytest "$@"
