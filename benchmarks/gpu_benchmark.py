@@ -43,8 +43,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing the package
     sys.path.insert(0, str(REPO_ROOT))
 
-from glmimage.accel import FastPaths, bucketed_prompt_embeds, prepare_pipeline
-from glmimage.tiny import _build_tokenizer
+from glmimage.accel import FastPaths, bucketed_prompt_embeds, prepare_pipeline  # noqa: E402
+from glmimage.tiny import _build_tokenizer  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "gpu_benchmark"
 DEFAULT_VARIANTS = ("plain", "compile", "cache", "offload", "int8", "best")
@@ -276,10 +276,9 @@ def run_variant(variant: Variant, args: argparse.Namespace, device: torch.device
     result.seconds_per_image = statistics.mean(result.run_seconds)
     if variant.fast.compile:
         result.compile_seconds = max(result.first_run_seconds - result.seconds_per_image, 0.0)
-        result.graphs_compiled_during_timing = torch._dynamo.utils.counters["stats"]["unique_graphs"] - (
-            graphs_after_warmup
-        )
-    if not variant.fast.compile:
+        graphs_now = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        result.graphs_compiled_during_timing = graphs_now - graphs_after_warmup
+    else:
         result.full_transformer_passes_per_image = full_passes[0] / args.repeats
     result.transformer_passes_per_image = 2 * args.steps
     return result
@@ -413,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 result = run_variant(variant, args, device, dtype)
-            except Exception as error:  # noqa: BLE001 -- a failing variant is a result; the others still run
+            except Exception as error:  # a failing variant is a result; the others still run
                 traceback.print_exc()
                 reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
                 result = Result(name, variant.description, status="failed", reason=reason)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .accel import bucketed_prompt_embeds, token_count
 from .limits import MAX_SEED
 from .loading import ModelNotReady, PipelineLoader
 from .requests import GenerationRequest, check_token_count
@@ -107,13 +108,12 @@ class LocalEngine:
         """Token count of ``text`` as the pipeline reads it, or None while the model is not loaded."""
         if self.loader.state.value != "ready":
             return None
-        tokenizer = self.loader.wait(0).tokenizer
-        return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+        return token_count(self.loader.wait(0).tokenizer, text)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _pipeline(self) -> Any:
+    def _pipeline(self) -> tuple[Any, float]:
         """This worker's pipeline. With several workers each gets its own pipeline object and scheduler (both
         keep per-call state) over the same shared weights; one worker uses the loaded object itself."""
         started = time.perf_counter()
@@ -128,6 +128,22 @@ class LocalEngine:
             own.set_progress_bar_config(disable=True)
             self._local.pipe = own
         return own, waited
+
+    def _prompt_arguments(self, pipe: Any, final: StyledPrompt, num_images: int) -> dict[str, Any]:
+        """The prompts as text, or, with --compile, as embeddings padded to a fixed bucket of lengths so the
+        compiled transformer sees a handful of shapes instead of one per prompt length."""
+        if not self.loader.fast.compile:
+            return {"prompt": final.prompt, "negative_prompt": final.negative_prompt or None,
+                    "num_images_per_prompt": num_images}
+        device, dtype = pipe._execution_device, pipe.transformer.dtype
+        # One row per image for both (the pipeline repeats prompt_embeds per image but not negative_prompt_embeds,
+        # and wants equal batches); the latents come out the same as with num_images_per_prompt.
+        return {
+            "prompt_embeds": bucketed_prompt_embeds(pipe, [final.prompt], device, dtype).repeat(num_images, 1, 1),
+            "negative_prompt_embeds": bucketed_prompt_embeds(pipe, [final.negative_prompt], device, dtype).repeat(
+                num_images, 1, 1),
+            "num_images_per_prompt": 1,
+        }
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
                  should_stop: StopCheck | None = None) -> GenerationResult:
@@ -156,13 +172,11 @@ class LocalEngine:
         started = time.perf_counter()
         try:
             output = pipe(
-                prompt=final.prompt,
-                negative_prompt=final.negative_prompt or None,
+                **self._prompt_arguments(pipe, final, request.num_images),
                 width=request.width,
                 height=request.height,
                 num_inference_steps=total,
                 guidance_scale=request.guidance_scale,
-                num_images_per_prompt=request.num_images,
                 generator=torch.Generator("cpu").manual_seed(seed),
                 callback_on_step_end=step_end,
             )

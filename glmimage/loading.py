@@ -67,10 +67,15 @@ def failure_key(exc: BaseException, model: str) -> str:
     if "OutOfMemory" in text or "out of memory" in text.lower():
         return "load.oom"
     looks_like_path = model.startswith((".", "/", "~")) or model.count("/") != 1  # a hub id is "org/name"
+    hub_words = ("LocalEntryNotFound", "OfflineModeIsEnabled", "ConnectError", "ConnectionError", "MaxRetryError",
+                 "Name or service not known", "Temporary failure in name resolution", "offline", "huggingface.co",
+                 # diffusers' own words for a hub id that is not cached while HF_HUB_OFFLINE=1
+                 "not fully cached locally", "outgoing traffic has been disabled")
+    # Checked before the path test: huggingface_hub's LocalEntryNotFoundError is also a FileNotFoundError.
+    if not looks_like_path and any(word in text for word in hub_words):
+        return "load.no_hub"
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)) or (looks_like_path and not os.path.exists(model)):
         return "load.bad_path"
-    hub_words = ("LocalEntryNotFound", "OfflineModeIsEnabled", "ConnectError", "ConnectionError", "MaxRetryError",
-                 "Name or service not known", "Temporary failure in name resolution", "offline", "huggingface.co")
     if any(word in text for word in hub_words):
         return "load.no_hub"
     return "load.failed"

@@ -1,4 +1,4 @@
-"""Per-visitor limits for a shared GPU: how often one visitor may generate, and how many of their jobs may wait.
+"""Per-visitor limits for a shared GPU: how often one visitor may generate, counted by an address they cannot forge.
 
 A public Space has one GPU and one queue. Without limits a single visitor (or a script) can fill the queue and
 everyone else waits. This module holds the pieces the UI wires together, with no gradio import:
@@ -6,7 +6,6 @@ everyone else waits. This module holds the pieces the UI wires together, with no
 - `RateLimit`: a parsed "6/minute" setting.
 - `SlidingWindowLimiter`: refuses a request when a key (client IP, session id) has used up its requests in the
   last period, and says how long to wait.
-- `PendingJobs`: caps the jobs one visitor has queued but not finished.
 - `client_ip` / `parse_trusted_proxies`: the visitor's address, believing X-Forwarded-For only from proxies we
   were told to trust, so a visitor cannot pick a fresh address per request.
 """
@@ -185,45 +184,6 @@ class SlidingWindowLimiter:
             if hits[-1] + self.limit.period_s > now:
                 return
             del self._hits[key]
-
-
-class PendingJobs:
-    """Counts jobs per client that have been accepted into the queue but not finished.
-
-    So one visitor cannot fill the queue: the UI calls `try_acquire` before queueing a job and `release` when
-    it ends (finished, failed or cancelled).
-    """
-
-    def __init__(self, max_per_client: int) -> None:
-        """`max_per_client == 0` disables the cap; jobs are still counted so `count` stays truthful."""
-        if max_per_client < 0:
-            raise ValueError(f"max_per_client must be >= 0 (0 disables), got {max_per_client}")
-        self.max_per_client = max_per_client
-        self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
-
-    def try_acquire(self, key: str) -> bool:
-        """Take a slot for `key`; False (and nothing taken) when it already has `max_per_client` pending jobs."""
-        with self._lock:
-            current = self._counts.get(key, 0)
-            if self.max_per_client and current >= self.max_per_client:
-                return False
-            self._counts[key] = current + 1
-            return True
-
-    def release(self, key: str) -> None:
-        """Give back a slot. Safe to call for a key with none, so a `finally:` can always call it."""
-        with self._lock:
-            current = self._counts.get(key, 0)
-            if current <= 1:
-                self._counts.pop(key, None)  # forget idle clients so memory tracks only pending jobs
-            else:
-                self._counts[key] = current - 1
-
-    def count(self, key: str) -> int:
-        """Pending jobs for `key`, e.g. to tell a visitor why they were refused."""
-        with self._lock:
-            return self._counts.get(key, 0)
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

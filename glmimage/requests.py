@@ -56,7 +56,8 @@ def _text(field: str, value: object, *, required: bool) -> str:
             field=field, length=len(value), max=limits.MAX_PROMPT_CHARS,
         )
     # Control characters (a NUL byte, escape sequences) are never part of a description; tabs and newlines are.
-    if any(unicodedata.category(ch) == "Cc" and ch not in "\t\n\r" for ch in value):
+    # A lone surrogate (JSON "\ud800") is no character at all: the tokenizer and UTF-8 files refuse it.
+    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\t\n\r" for ch in value):
         raise InputError("error.control_chars", f"{field} contains control characters.", field=field)
     if required and not value.strip():
         raise InputError("error.empty_prompt", "Please enter a prompt: it is empty.", field=field)

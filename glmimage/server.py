@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -96,23 +98,39 @@ def health_route(demo: Any, loader: PipelineLoader, started: float) -> Route:
     return Route("/healthz", healthz, methods=["GET"])
 
 
+async def _no_deep_link(_request: Request) -> JSONResponse:
+    return JSONResponse("")
+
+
+# Gradio's /gradio_api/deep_link writes a session's last inputs and outputs (prompts, session log) to a file under
+# the temporary folder that nothing deletes, and serves them to anyone given its name. This page has no deep-link
+# button; the route answers as Gradio does for an unknown session and writes nothing (it is matched before Gradio's).
+NO_DEEP_LINKS = Route("/gradio_api/deep_link", _no_deep_link, methods=["GET"])
+
+
 def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFactory = LocalEngine) -> App:
     """Build and start the server; with ``block=False`` it returns at once (tests, benchmarks)."""
     started = time.monotonic()
     app = create_app(settings, engine_factory)
     demo, loader = app.demo, app.loader
-    from .ui import CSS
+    from .ui import CSS, forget_idle_sessions_forever
 
     sweeper = FileSweeper(app.files_root, settings.file_ttl)
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         sweeper.start()
+        reaper = asyncio.create_task(forget_idle_sessions_forever(demo, settings.session_ttl))
         try:
             yield
         finally:
+            reaper.cancel()
             sweeper.close()  # nothing generated outlives the server
 
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so a forged header sent from this machine (or
+    # through a local proxy not named) would pick the client address and dodge the rate limit: it must trust
+    # exactly --trusted-proxies. Read when launch() builds uvicorn's config.
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(settings.trusted_proxy_list)
     demo.launch(
         server_name=settings.host,
         server_port=settings.port,
@@ -122,12 +140,17 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
         run_history=False,
         ssr_mode=False,
         share=False,
-        show_error=True,
+        show_error=False,  # an unexpected exception's text (paths, internals) never reaches the page
         css=CSS,
-        app_kwargs={"routes": [health_route(demo, loader, started)], "lifespan": lifespan},
+        app_kwargs={"routes": [health_route(demo, loader, started), NO_DEEP_LINKS], "lifespan": lifespan},
         prevent_thread_lock=not block,
         quiet=False,
     )
+    if block:
+        # Back here after Ctrl-C or SIGTERM. Gradio only asked uvicorn to stop and waited 5 s, so its thread, and
+        # the lifespan's clean-up with it, could die with the process: close properly and delete the files here.
+        demo.close(verbose=False)
+        sweeper.close()
     return app
 
 
@@ -144,5 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not torch.cuda.is_available():
             log.warning("no CUDA GPU found: starting on the tiny test model (random weights, draws noise). "
                         "Pass --model THUDM/CogView4-6B to force the real one.")
+    # docker stop / systemd send SIGTERM: shut down as on Ctrl-C, so the generated files are deleted.
+    signal.signal(signal.SIGTERM, _interrupt)
     launch(settings)
     return 0
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt

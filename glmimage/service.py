@@ -8,6 +8,7 @@ line. Every refusal or failure is an exception with a message key; the UI only t
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -77,9 +78,14 @@ class GenerationService:
         return validate_request(self.styles, **{name: raw.get(name) for name in API_FIELDS})
 
     def _loggable(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        """Parameters for the session log: JSON-safe, bounded in size."""
-        return {name: raw.get(name) if isinstance(raw.get(name), (int, float, bool, type(None))) else
-                str(raw.get(name))[:500] for name in API_FIELDS}
+        """Parameters for the session log: strict JSON (no NaN), valid UTF-8 (raw input may hold a lone surrogate,
+        which would break every later write of the log), bounded in size."""
+        def safe(value: Any) -> Any:
+            if isinstance(value, (bool, int, type(None))) or (isinstance(value, float) and math.isfinite(value)):
+                return value
+            return str(value)[:500].encode("utf-8", "replace").decode("utf-8")
+
+        return {name: safe(raw.get(name)) for name in API_FIELDS}
 
     def run(self, request: GenerationRequest, session: Session, queue_s: float,
             on_step: StepCallback | None = None, should_stop: StopCheck | None = None) -> Outcome:
@@ -90,11 +96,17 @@ class GenerationService:
             result = self.engine.submit(request, on_step, should_stop).result()
             save_started = time.perf_counter()
             files = self._save(result, session)
-        except EngineError as exc:
+        except (EngineError, InputError) as exc:  # InputError: a prompt over the token limit, found by the engine
             session.record("failed" if exc.key != "status.stopped" else "stopped", reason=exc.key,
                            queue_s=round(queue_s, 4), **request.to_dict())
             log.info("generation ended: %s after %.2f s", exc.key, time.perf_counter() - started)
             raise
+        except InputError:
+            raise  # too many tokens, found once the tokenizer ran: worded like any bad input
+        except Exception:  # noqa: BLE001 - a bug or a full disk: a clear message, the traceback only in the log
+            log.exception("generation failed outside the pipeline after %.2f s", time.perf_counter() - started)
+            session.record("failed", reason="error.generation_failed", queue_s=round(queue_s, 4), **request.to_dict())
+            raise EngineError("error.generation_failed") from None
         save_s = time.perf_counter() - save_started
         t = result.timings
         timings = round_timings(queue_s=queue_s, load_wait_s=t.load_wait_s, model_s=t.model_s,

@@ -23,6 +23,8 @@ from .limits import MAX_HISTORY_ENTRIES, MAX_LOG_ENTRIES
 from .requests import GenerationRequest
 
 log = logging.getLogger("glmimage.sessions")
+# What the visitor typed: left out of the session log while "keep history in this session" is off.
+PROMPT_FIELDS = ("prompt", "negative_prompt")
 
 
 def a1111_parameters(prompt: str, negative_prompt: str, request: GenerationRequest, seed: int, model: str) -> str:
@@ -90,8 +92,11 @@ class Session:
         return self.folder / f"{uuid.uuid4().hex}{suffix}"
 
     def record(self, event: str, **details: Any) -> dict[str, Any]:
-        """Append one event to the session log (bounded: the oldest entries go first)."""
+        """Append one event to the session log (bounded: the oldest entries go first). With "keep history" off
+        the log keeps what happened but not the prompt text."""
         self._begin()
+        if not self.keep_history:
+            details = _without_prompts(details)
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()), "event": event, **details}
         self.log.append(entry)
         del self.log[:-MAX_LOG_ENTRIES]
@@ -119,6 +124,10 @@ class Session:
         shutil.rmtree(self.folder, ignore_errors=True)
         return count
 
+    def forget_prompts(self) -> None:
+        """"Keep history" was turned off: the log's earlier entries lose their prompt text too."""
+        self.log = [_without_prompts(entry) for entry in self.log]
+
     def dispose(self) -> None:
         """The session is over: drop everything it kept (called by Gradio when the state expires)."""
         self.clear_history()
@@ -128,6 +137,10 @@ class Session:
         self._begin()
         return json.dumps({"session_started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
                            "events": self.log}, ensure_ascii=False, indent=2)
+
+
+def _without_prompts(details: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in details.items() if name not in PROMPT_FIELDS}
 
 
 def _delete_files(files: list[str]) -> None:

@@ -7,6 +7,9 @@ as it is.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import datetime
 import logging
 import time
 import uuid
@@ -32,6 +35,8 @@ from .styles import NO_STYLE, StyleBook
 log = logging.getLogger("glmimage.ui")
 # Gradio finds the progress tracker by this default value (its documented pattern).
 PROGRESS = gr.Progress()
+# The Size dropdown's value when width and height match no preset (so the box never shows empty).
+CUSTOM_SIZE = "custom"
 
 CSS = """
 #generate-row button { min-height: 3rem; }
@@ -111,13 +116,49 @@ def _client_gone(demo: gr.Blocks, session_hash: str | None) -> bool:
     return False
 
 
+def forget_session(demo: gr.Blocks, session_hash: str | None) -> None:
+    """Drop everything held for one session: our Session (history, log, files) and Gradio's own record of it.
+
+    Gradio keeps every session's last inputs and outputs (prompt, details, session log) in its state holder until
+    ``--max-sessions`` newer sessions push it out, even after the ``gr.State`` expired; and a state never set as
+    an output (a visitor whose only request was refused) never expires at all."""
+    holder = getattr(demo, "state_holder", None)
+    if holder is None or not session_hash:
+        return
+    session_state = holder.session_data.pop(session_hash, None)
+    holder.time_last_used.pop(session_hash, None)
+    for value in list(getattr(session_state, "state_data", {}).values()):
+        dispose_session(value)
+
+
+def forget_idle_sessions(demo: gr.Blocks, idle_s: float) -> int:
+    """Forget every session with no event for ``idle_s`` seconds; returns how many."""
+    holder = getattr(demo, "state_holder", None)
+    if holder is None:
+        return 0
+    now = datetime.datetime.now()
+    idle = [h for h, used in list(holder.time_last_used.items()) if (now - used).total_seconds() > idle_s]
+    for session_hash in idle:
+        forget_session(demo, session_hash)
+    return len(idle)
+
+
+async def forget_idle_sessions_forever(demo: gr.Blocks, idle_s: float) -> None:
+    """Run by the server's lifespan, on the event loop where Gradio expires its own states."""
+    while True:
+        await asyncio.sleep(max(1.0, min(60.0, idle_s / 4)))
+        forget_idle_sessions(demo, idle_s)
+
+
 def make_i18n(translator: Translator, styles: StyleBook) -> gr.I18n:
     """The page's strings for ``gr.I18n``, plus the style names, which live in the styles file."""
     tables = translator.gradio_tables()
     for locale, table in tables.items():
         lang = "zh" if locale.startswith("zh") else "en"
         names = {f"style.{sid}": styles.get(sid).name[lang] for sid in styles.ids if sid != NO_STYLE}
-        tables[locale] = {**table, **names}
+        # The browser shows gr.I18n strings as they are: fill the one placeholder a page string has here.
+        note = table["history.note"].format(max=limits.MAX_HISTORY_ENTRIES)
+        tables[locale] = {**table, **names, "history.note": note}
     return gr.I18n(**tables)
 
 
@@ -152,7 +193,8 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                                     elem_id="enhance")
                 style = gr.Dropdown(choices=[(i18n(f"style.{sid}"), sid) for sid in styles.ids], value=NO_STYLE,
                                     label=i18n("label.style"), elem_id="style")
-                size_preset = gr.Dropdown(choices=[*preset_by_label], value=default_preset,
+                size_preset = gr.Dropdown(choices=[*preset_by_label, (i18n("size.custom"), CUSTOM_SIZE)],
+                                          value=default_preset,
                                           label=i18n("label.size"), elem_id="size-preset")
                 with gr.Row():
                     width = gr.Number(value=limits.DEFAULT_WIDTH, step=limits.SIDE_MULTIPLE,
@@ -187,14 +229,21 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 with gr.Accordion(i18n("label.details"), open=False):
                     details = gr.JSON(label=i18n("label.details"), elem_id="details")
 
-        examples_data = [[e["prompt"], e["style"], e["width"], e["height"]] for e in parts.examples]
-        gr.Examples(examples=examples_data, inputs=[prompt, style, width, height], cache_examples=False,
-                    label=i18n("label.examples"), examples_per_page=10)
+        # The Size box follows an example too, so it never names a preset the example's size is not.
+        preset_of_size = {(p.width, p.height): p.label for p in parts.presets}
+        examples_data = [[e["prompt"], e["style"], e["width"], e["height"],
+                          preset_of_size.get((e["width"], e["height"]), CUSTOM_SIZE)] for e in parts.examples]
+        # Labels instead of a table: Gradio does not translate a table's headers or the style names in it.
+        # Size first: Gradio shortens a long label at its end.
+        example_labels = [f"{e['width']}×{e['height']} · {e['prompt']}" for e in parts.examples]
+        gr.Examples(examples=examples_data, inputs=[prompt, style, width, height, size_preset], cache_examples=False,
+                    label=i18n("label.examples"), examples_per_page=10, example_labels=example_labels,
+                    elem_id="examples")
 
         with gr.Accordion(i18n("label.history"), open=True, elem_id="history-section"):
             gr.Markdown(i18n("history.note"), elem_classes="glm-note")
             history = gr.Gallery(label=i18n("label.history"), columns=6, height=240, allow_preview=False,
-                                 elem_id="history", interactive=False)
+                                 elem_id="history", interactive=False, fit_columns=False)
             with gr.Row():
                 clear_history = gr.Button(i18n("button.clear_history"), size="sm", elem_id="clear-history")
                 reset_session = gr.Button(i18n("button.new_session"), size="sm", elem_id="new-session")
@@ -227,6 +276,9 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 text += "\n\n" + translator.t("status.auto_tiny" if loader.choice.auto_tiny else "status.tiny", lang)
             notice = translator.t("privacy.notice", lang, session_ttl=round(settings.session_ttl / 60),
                                   file_ttl=round(settings.file_ttl / 60))
+            notice += " " + translator.t("privacy.log_on" if settings.log_prompts else "privacy.log_off", lang)
+            if parts.enhancer is not None:
+                notice += " " + translator.t("privacy.enhancer", lang)
             return text, gr.Timer(active=loader.state is ModelState.LOADING), notice
 
         status_outputs = [model_status, status_timer, privacy_notice]
@@ -269,9 +321,13 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             try:
                 # The check above already passed these values; this rebuilds the typed request from them.
                 req = service.validated(raw)
+                # The steps run on the engine's thread; Gradio finds this event's progress bar through context
+                # variables, which a plain call from that thread would not see (the page showed no steps).
+                event_context = contextvars.copy_context()
                 outcome = service.run(
                     req, session, queue_s,
-                    on_step=lambda done, total: progress((done, total), desc=translator.t("status.progress", lang)),
+                    on_step=lambda done, total: event_context.run(
+                        progress, (done, total), desc=translator.t("status.progress", lang)),
                     should_stop=lambda: session.stop_requested_at >= enqueued - 0.001
                     or _client_gone(demo, request.session_hash),
                 )
@@ -330,7 +386,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                                                                                                   p["height"])), None)
             return (p["prompt"], p["negative_prompt"], p["style"], p["width"], p["height"], p["num_images"],
                     session.history[evt.index].seed, False, p["num_inference_steps"], p["guidance_scale"],
-                    preset if preset else gr.skip(), session.history[evt.index].files)
+                    preset or CUSTOM_SIZE, session.history[evt.index].files)
 
         history.select(restore, [session_state], [*request_inputs, size_preset, gallery], api_visibility="private",
                        concurrency_limit=None, show_progress="hidden")
@@ -366,6 +422,8 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
         def set_keep_history(session: Session, keep: bool, request: gr.Request) -> tuple:
             session.keep_history = bool(keep)
             session.record("setting_changed", keep_history=session.keep_history)
+            if not keep:
+                session.forget_prompts()
             if not keep and session.history:
                 session.clear_history()
                 gr.Info(translator.t("info.history_off", _lang(request)))
@@ -382,11 +440,10 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
         embed_metadata.input(set_embed_metadata, [session_state, embed_metadata], [session_state, *history_outputs],
                              api_visibility="private", concurrency_limit=None, show_progress="hidden")
 
-        def on_unload(request: gr.Request) -> None:
-            """The tab closed: drop the session's history and files now, not an hour later."""
-            holder = getattr(demo, "state_holder", None)
-            if holder is not None and request.session_hash:
-                holder.delete_state(request.session_hash)
+        async def on_unload(request: gr.Request) -> None:
+            """The tab closed: drop the session's history and files now, not an hour later. Async, so it runs on
+            the event loop, never at the same time as Gradio's own expiry of states."""
+            forget_session(demo, request.session_hash)
 
         demo.unload(on_unload)
 
@@ -404,8 +461,9 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 return largest_legal_side(changed)
             return other
 
-        def _matching_preset(w: int, h: int) -> str | None:
-            return next((label for label, p in preset_by_label.items() if (p.width, p.height) == (w, h)), None)
+        def _matching_preset(w: int, h: int) -> str:
+            return next((label for label, p in preset_by_label.items() if (p.width, p.height) == (w, h)),
+                        CUSTOM_SIZE)
 
         def width_changed(w: Any, h: Any) -> tuple:
             if not all(isinstance(v, (int, float)) for v in (w, h)):

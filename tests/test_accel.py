@@ -11,7 +11,6 @@ from diffusers import CogView4Pipeline, FirstBlockCacheConfig
 from PIL import Image
 
 from glmimage.accel import FastPaths, bucketed_prompt_embeds, prepare_pipeline, token_count
-from glmimage.tiny import ensure_tiny_model
 
 CPU = torch.device("cpu")
 SIZE = 512
@@ -22,13 +21,9 @@ MEDIUM_PROMPT = "a photo of an astronaut riding a horse on mars"
 CHINESE_PROMPT = "一只可爱的猫坐在沙发上"
 
 
-@pytest.fixture(scope="module")
-def tiny_model_path(tmp_path_factory):
-    return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-
-
 @pytest.fixture
 def pipe(tiny_model_path) -> CogView4Pipeline:
+    """A fresh pipeline per test: prepare_pipeline changes it in place (tiny_model_path: tests/conftest.py)."""
     pipe = CogView4Pipeline.from_pretrained(tiny_model_path, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -213,10 +208,7 @@ def test_int8_without_torchao_raises_a_clear_import_error(pipe, monkeypatch):
 
 
 def test_int8_quantizes_transformer_and_text_encoder_weights_and_generates(pipe):
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        pytest.skip("torchao is not installed: only the clear-error path is checked (test above)")
+    # torchao is a test dependency (tests/run.sh installs it); the app itself needs it only for --quantize int8.
     prepare_pipeline(pipe, CPU, FastPaths(quantize="int8"))
     transformer_weight = pipe.transformer.transformer_blocks[0].attn1.to_q.weight
     text_encoder_weight = pipe.text_encoder.layers[0].mlp.down_proj.weight

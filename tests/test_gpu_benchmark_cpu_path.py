@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_benchmark.py"
 
@@ -53,25 +55,6 @@ def test_shrunk_cpu_run_writes_json_and_markdown_with_positive_timings(tmp_path)
     assert "| variant |" in completed.stdout  # the table is printed too
 
 
-def test_offload_on_cpu_is_reported_as_skipped_needs_cuda_not_failed(tmp_path):
-    out = tmp_path / "bench"
-    args = ["--shrunk", "--device", "cpu", "--steps", "1", "--size", "512x512", "--variants", "offload,plain"]
-    completed = _run([*args, "--repeats", "1", "--out", str(out)], tmp_path)
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    results = {r["variant"]: r for r in json.loads(Path(f"{out}.json").read_text(encoding="utf-8"))["results"]}
-    assert results["offload"]["status"] == "skipped"
-    assert results["offload"]["reason"] == "skipped: needs CUDA"
-    assert results["plain"]["status"] == "ok"  # the run goes on after a skipped variant
-    assert "skipped: needs CUDA" in Path(f"{out}.md").read_text(encoding="utf-8")
-
-
-def test_unknown_variant_is_refused_with_the_list_of_known_ones(tmp_path):
-    completed = _run(["--shrunk", "--device", "cpu", "--variants", "plain,turbo"], tmp_path)
-    assert completed.returncode == 2
-    assert "unknown variant(s) ['turbo']" in completed.stderr
-    assert "plain" in completed.stderr and "best" in completed.stderr
-
-
 def _load_benchmark_module(monkeypatch):
     spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
     module = importlib.util.module_from_spec(spec)
@@ -94,3 +77,33 @@ def test_a_failing_variant_is_reported_with_its_reason_and_the_others_still_run(
     assert results["int8"]["seconds_per_image"] is None
     assert results["plain"]["status"] == "ok" and results["plain"]["seconds_per_image"] > 0
     assert "| int8 |" in capsys.readouterr().out
+
+
+def test_offload_on_cpu_is_reported_as_skipped_needs_cuda_not_failed(tmp_path, monkeypatch):
+    benchmark = _load_benchmark_module(monkeypatch)
+    out = tmp_path / "bench"
+    args = ["--shrunk", "--device", "cpu", "--steps", "1", "--repeats", "1", "--size", "512x512"]
+    assert benchmark.main([*args, "--variants", "offload,plain", "--out", str(out)]) == 0
+
+    results = {r["variant"]: r for r in json.loads(Path(f"{out}.json").read_text(encoding="utf-8"))["results"]}
+    assert results["offload"]["status"] == "skipped"
+    assert results["offload"]["reason"] == "skipped: needs CUDA"
+    assert results["plain"]["status"] == "ok"  # the run goes on after a skipped variant
+    assert "skipped: needs CUDA" in Path(f"{out}.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--variants", "plain,turbo"], "unknown variant(s) ['turbo']"),
+        (["--size", "1000x1024"], "multiples of 16"),
+        (["--size", "big"], "size must look like 1024x1024"),
+        (["--steps", "0"], "--steps and --repeats must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_refused_with_a_clear_message(monkeypatch, capsys, args, message):
+    benchmark = _load_benchmark_module(monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.parse_args(["--shrunk", "--device", "cpu", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

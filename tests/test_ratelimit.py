@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from glmimage.ratelimit import (
-    PendingJobs,
     RateLimit,
     SlidingWindowLimiter,
     client_ip,
@@ -341,77 +340,6 @@ def test_no_sliding_window_ever_holds_more_than_requests(requests: int, gaps: li
             admitted_at.append(clock.now)
     for start in admitted_at:
         assert sum(start <= t < start + 10.0 for t in admitted_at) <= requests
-
-
-# --- PendingJobs -----------------------------------------------------------------------------------------------
-
-
-def test_pending_jobs_refuses_beyond_max_per_client() -> None:
-    jobs = PendingJobs(max_per_client=2)
-    assert jobs.try_acquire("ip")
-    assert jobs.try_acquire("ip")
-    assert not jobs.try_acquire("ip")
-    assert jobs.count("ip") == 2
-    assert jobs.try_acquire("other-ip")
-
-
-def test_pending_jobs_release_frees_a_slot() -> None:
-    jobs = PendingJobs(max_per_client=1)
-    assert jobs.try_acquire("ip")
-    jobs.release("ip")
-    assert jobs.count("ip") == 0
-    assert jobs.try_acquire("ip")
-
-
-def test_pending_jobs_release_never_goes_negative() -> None:
-    jobs = PendingJobs(max_per_client=1)
-    jobs.release("never-seen")
-    jobs.try_acquire("ip")
-    jobs.release("ip")
-    jobs.release("ip")
-    assert jobs.count("ip") == 0
-    assert jobs.try_acquire("ip")
-    assert not jobs.try_acquire("ip")
-
-
-def test_pending_jobs_forget_clients_at_zero() -> None:
-    jobs = PendingJobs(max_per_client=3)
-    for i in range(100):
-        jobs.try_acquire(f"ip-{i}")
-        jobs.release(f"ip-{i}")
-    assert jobs._counts == {}
-
-
-def test_pending_jobs_zero_disables_the_cap_but_still_counts() -> None:
-    jobs = PendingJobs(max_per_client=0)
-    assert all(jobs.try_acquire("ip") for _ in range(100))
-    assert jobs.count("ip") == 100
-
-
-def test_pending_jobs_rejects_negative_cap() -> None:
-    with pytest.raises(ValueError):
-        PendingJobs(max_per_client=-1)
-
-
-def test_pending_jobs_under_threads_admit_exactly_the_cap() -> None:
-    jobs = PendingJobs(max_per_client=7)
-    start = threading.Barrier(12)
-    results: list[bool] = []
-    results_lock = threading.Lock()
-
-    def grab() -> None:
-        start.wait()
-        mine = [jobs.try_acquire("ip") for _ in range(20)]
-        with results_lock:
-            results.extend(mine)
-
-    threads = [threading.Thread(target=grab) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sum(results) == 7
-    assert jobs.count("ip") == 7
 
 
 # --- client_ip / parse_trusted_proxies -------------------------------------------------------------------------

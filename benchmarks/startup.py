@@ -1,0 +1,169 @@
+"""Start-up: from process start to the page answering HTTP 200, and to the model being ready (tiny).
+
+Each run starts ``python app.py --model tiny`` (the default warm-up generation on) and polls ``GET /`` and
+``GET /healthz`` every 10 ms. Goals: the page answers within 5 s of the process start (median of the runs), and
+the model load never delays the page. For the second, the same start with nothing to load is the control: a
+model folder that does not exist fails at once, so the difference between the two page times is what loading the
+model costs the page. Runs alternate between the two, after one untimed start that warms the disk cache.
+
+    python benchmarks/startup.py [--runs 5] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _common import (
+    RESULTS_DIR,
+    Server,
+    command_line,
+    machine,
+    machine_line,
+    median,
+    secs,
+    summary_row,
+    write_results,
+    yes_no,
+)
+
+NAME = "startup"
+PAGE_GOAL_S = 5.0
+# The page may be this much slower with the model loading than without before the load counts as a delay.
+DELAY_TOLERANCE_S = 0.25
+DELAY_TOLERANCE_FRACTION = 0.10
+POLL_S = 0.01
+VARIANTS = {
+    "tiny": {"model": "tiny", "label": "tiny model (loads in the background, warm-up on)"},
+    "control": {"model": "/nonexistent/glmimage-benchmark-model",
+                "label": "control: nothing to load (a missing model folder fails at once)"},
+}
+SERVER_ARGS = ("--rate-limit", "0")
+
+
+def one_start(model: str, timeout: float) -> dict[str, Any]:
+    """Start a server, time its page and its model, stop it."""
+    server = Server(SERVER_ARGS, model=model).start()
+    page_s = state_at_page = model_s = final_state = None
+    deadline = time.monotonic() + timeout
+    try:
+        with httpx.Client(timeout=2) as client:
+            while time.monotonic() < deadline and model_s is None:
+                server.check_alive()
+                if page_s is None:
+                    try:
+                        if client.get(server.url + "/").status_code == 200:
+                            page_s = time.perf_counter() - server.started_at
+                            state_at_page = (server.health(client) or {}).get("model_state")
+                    except httpx.TransportError:
+                        pass
+                else:
+                    state = (server.health(client) or {}).get("model_state")
+                    if state in ("ready", "failed"):
+                        model_s, final_state = time.perf_counter() - server.started_at, state
+                time.sleep(POLL_S)
+    finally:
+        server.stop()
+    if page_s is None or model_s is None:
+        raise TimeoutError(f"the server did not come up within {timeout:g} s")
+    return {"page_s": page_s, "model_state_at_page": state_at_page, "model_done_s": model_s,
+            "model_final_state": final_state}
+
+
+def to_markdown(data: dict[str, Any]) -> str:
+    r = data["results"]
+    lines = [
+        "# Start-up",
+        "",
+        f"{r['runs']} starts of each, alternated, after {r['warmup_runs']} untimed start(s). Times from the process "
+        "start (before `exec`) to the first answer.",
+        "",
+        "| Start | Page HTTP 200: median | min | max | Model ready: median | max | Model state when the page "
+        "answered |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, v in r["variants"].items():
+        states = ", ".join(f"{state} ×{count}" for state, count in v["model_state_at_page"].items())
+        model = (f"{secs(v['model_done_median_s'])} | {secs(v['model_done_max_s'])}" if key == "tiny"
+                 else "– (fails at once) | –")
+        lines.append(f"| {VARIANTS[key]['label']} | {secs(v['page_median_s'])} | {secs(v['page_min_s'])} | "
+                     f"{secs(v['page_max_s'])} | {model} | {states} |")
+    lines += [
+        "",
+        f"Page within {PAGE_GOAL_S:g} s (median): {yes_no(r['page_goal_met'])}. "
+        f"Delay the model load adds to the page (median with the model minus median without): "
+        f"{secs(r['load_delay_s'])}, tolerance {secs(r['delay_tolerance_s'])} "
+        f"(the larger of {DELAY_TOLERANCE_S:g} s and {DELAY_TOLERANCE_FRACTION:.0%}): "
+        f"the load does not delay the page: {yes_no(r['no_delay_met'])}.",
+        "",
+        f"Server command: `{data['server_command']}`",
+        "",
+        f"Command: `{data['command']}`",
+        "",
+        f"Machine: {machine_line(data['machine'])}",
+    ]
+    return "\n".join(lines)
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    pages = [run["page_s"] for run in runs]
+    models = [run["model_done_s"] for run in runs]
+    states: dict[str, int] = {}
+    for run in runs:
+        states[run["model_state_at_page"]] = states.get(run["model_state_at_page"], 0) + 1
+    return {"page_median_s": median(pages), "page_min_s": min(pages), "page_max_s": max(pages),
+            "model_done_median_s": median(models), "model_done_max_s": max(models), "model_state_at_page": states,
+            "runs": runs}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=5, help="timed starts of each kind (default 5)")
+    p.add_argument("--warmup-runs", type=int, default=1, help="untimed starts first (default 1)")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds one start may take (default 180)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the results (default %(default)s)")
+    args = p.parse_args(argv)
+    if args.runs < 1 or args.warmup_runs < 0:
+        p.error("--runs must be at least 1 and --warmup-runs at least 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    info = machine()
+    for _ in range(args.warmup_runs):
+        one_start("tiny", args.timeout)
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key in VARIANTS}
+    for i in range(args.runs):
+        for key in (("tiny", "control") if i % 2 == 0 else ("control", "tiny")):
+            runs[key].append(one_start(VARIANTS[key]["model"], args.timeout))
+        print(f"run {i + 1}/{args.runs}: page {secs(runs['tiny'][-1]['page_s'])} "
+              f"(control {secs(runs['control'][-1]['page_s'])}), model {secs(runs['tiny'][-1]['model_done_s'])}",
+              flush=True)
+    variants = {key: summarize(values) for key, values in runs.items()}
+    tiny, control = variants["tiny"], variants["control"]
+    delay = tiny["page_median_s"] - control["page_median_s"]
+    tolerance = max(DELAY_TOLERANCE_S, DELAY_TOLERANCE_FRACTION * control["page_median_s"])
+    results = {"runs": args.runs, "warmup_runs": args.warmup_runs, "variants": variants,
+               "page_goal_s": PAGE_GOAL_S, "page_goal_met": tiny["page_median_s"] <= PAGE_GOAL_S,
+               "load_delay_s": delay, "delay_tolerance_s": tolerance, "no_delay_met": delay <= tolerance}
+    data = {"benchmark": NAME, "command": command_line("startup.py", argv), "machine": info,
+            "server_command": Server(SERVER_ARGS).display_command(), "results": results,
+            "summary": [
+                summary_row("start to page HTTP 200 (median; max)",
+                            f"{secs(tiny['page_median_s'])}; {secs(tiny['page_max_s'])}",
+                            f"≤ {PAGE_GOAL_S:g} s", results["page_goal_met"]),
+                summary_row("start to model ready, tiny with warm-up (median)", secs(tiny["model_done_median_s"])),
+                summary_row("page delay caused by the model load", secs(delay), f"≤ {secs(tolerance)}",
+                            results["no_delay_met"]),
+            ]}
+    write_results(args.out, NAME, data, to_markdown(data))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Loading the pipeline once, in the background: which model, which dtype, and a clear reason when it fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+from glmimage.limits import DEFAULT_MODEL
+from glmimage.loading import ModelNotReady, ModelState, PipelineLoader, choose_dtype, choose_model, failure_key
+from glmimage.tiny import TINY_MODEL_NAME
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_without_cuda_and_without_a_model_the_tiny_one_is_chosen_and_flagged_as_automatic():
+    choice = choose_model(None, cuda_available=False)
+    assert (choice.name, choice.is_tiny, choice.auto_tiny) == (TINY_MODEL_NAME, True, True)
+
+
+def test_with_cuda_and_without_a_model_the_real_one_is_chosen():
+    choice = choose_model(None, cuda_available=True)
+    assert (choice.name, choice.is_tiny, choice.auto_tiny) == (DEFAULT_MODEL, False, False)
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_an_explicit_model_is_kept_with_or_without_cuda(cuda):
+    assert choose_model("/models/cogview4", cuda).name == "/models/cogview4"
+    assert choose_model(DEFAULT_MODEL, cuda).is_tiny is False
+    tiny = choose_model(TINY_MODEL_NAME, cuda)
+    assert tiny.is_tiny and not tiny.auto_tiny
+
+
+@pytest.mark.parametrize("requested, device, dtype", [
+    ("auto", "cuda", "bfloat16"), ("auto", "cpu", "float32"), ("float32", "cuda", "float32"),
+    ("bfloat16", "cpu", "bfloat16"),
+])
+def test_dtype_auto_is_bfloat16_on_cuda_and_float32_on_cpu_and_an_explicit_one_is_kept(requested, device, dtype):
+    assert choose_dtype(requested, device) == dtype
+
+
+@pytest.mark.parametrize("exc, model, key", [
+    (FileNotFoundError("no such file"), "/models/cogview4", "load.bad_path"),
+    (OSError("anything"), "/no/such/folder", "load.bad_path"),
+    (OSError("anything"), "./relative-missing", "load.bad_path"),
+    (ValueError("neither a valid local path nor a valid repo id"), "no-such-folder", "load.bad_path"),
+    (LocalEntryNotFoundError("cannot find the requested files in the local cache"), DEFAULT_MODEL, "load.no_hub"),
+    (OfflineModeIsEnabled("offline mode is enabled"), DEFAULT_MODEL, "load.no_hub"),
+    (OSError("Cannot load model THUDM/CogView4-6B: the model is not fully cached locally"), DEFAULT_MODEL,
+     "load.no_hub"),
+    (ConnectionError("Max retries exceeded: Name or service not known"), DEFAULT_MODEL, "load.no_hub"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), DEFAULT_MODEL, "load.oom"),
+    (RuntimeError("CUDA error: out of memory"), DEFAULT_MODEL, "load.oom"),
+    (RuntimeError("shape mismatch in layer 3"), DEFAULT_MODEL, "load.failed"),
+])
+def test_failure_key_says_what_to_do_for_each_kind_of_loading_error(exc, model, key):
+    assert failure_key(exc, model) == key
+
+
+def test_a_missing_folder_ends_failed_with_the_reason_and_wait_raises_model_not_ready(tmp_path):
+    missing = str(tmp_path / "no-model-here")
+    loader = PipelineLoader(missing, warmup=False).start()
+    with pytest.raises(ModelNotReady) as caught:
+        loader.wait(60)
+    assert loader.state is ModelState.FAILED
+    assert loader.error_key == caught.value.key == "load.bad_path"
+    assert "no-model-here" in loader.error_detail and caught.value.detail == loader.error_detail
+    with pytest.raises(ModelNotReady):
+        loader.wait(0)  # it stays failed: every later request gets the same reason
+
+
+def test_an_uncached_hub_model_while_offline_ends_failed_with_no_hub(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loader = PipelineLoader("glmimage-tests/not-a-cached-model", warmup=False).start()
+    with pytest.raises(ModelNotReady) as caught:
+        loader.wait(60)
+    assert caught.value.key == "load.no_hub"
+
+
+def test_wait_before_loading_finishes_raises_timeout():
+    loader = PipelineLoader(TINY_MODEL_NAME, warmup=False)  # never started
+    assert loader.state is ModelState.LOADING
+    with pytest.raises(ModelNotReady) as caught:
+        loader.wait(0.01)
+    assert caught.value.key == "load.timeout"
+
+
+def test_the_tiny_model_loads_once_on_cpu_in_float32_and_every_caller_gets_the_same_pipeline():
+    loader = PipelineLoader(None, warmup=True).start()
+    pipe = loader.wait(120)
+    assert loader.state is ModelState.READY
+    assert loader.choice.auto_tiny and loader.device.type == "cpu" and loader.dtype_name == "float32"
+    assert loader.load_seconds is not None and loader.load_seconds > 0
+    assert loader.wait(0) is pipe
+    assert loader.start() is loader and loader.wait(0) is pipe  # starting again loads nothing new
+    assert pipe.transformer.dtype == pipe.text_encoder.dtype == torch.float32
+
+
+def test_app_help_lists_every_flag_and_the_environment_prefix():
+    result = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    for flag in ("--model", "--dtype", "--offload", "--compile", "--cache", "--quantize", "--warmup", "--host",
+                 "--port", "--concurrency", "--max-queue", "--max-jobs-per-client", "--rate-limit",
+                 "--trusted-proxies", "--max-sessions", "--session-ttl", "--file-ttl", "--log-prompts"):
+        assert flag in result.stdout, flag
+    assert "GLMIMAGE_" in result.stdout
