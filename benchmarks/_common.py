@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,8 +85,10 @@ def machine_line(info: dict[str, Any]) -> str:
     v = info["versions"]
     return (f"{info['cpu']}, {info['logical_cores']} cores, {info['ram_gib']} GiB RAM, {info['os']}; "
             f"Python {info['python']}, torch {v['torch']}, diffusers {v['diffusers']}, gradio {v['gradio']}, "
-            f"gradio_client {v['gradio_client']}, httpx {v['httpx']}; {info['date']}; load average at start "
-            f"{', '.join(str(x) for x in info['load_average_at_start'])}")
+            f"gradio_client {v['gradio_client']}, httpx {v['httpx']}; {info['date']}; load average (1, 5, 15 min) "
+            f"at start {', '.join(str(x) for x in info['load_average_at_start'])}, at end "
+            f"{', '.join(str(x) for x in info.get('load_average_at_end', []))}. Other work on the machine shows "
+            "as load above the benchmark's own.")
 
 
 # ---- the server ------------------------------------------------------------------------------------------------
@@ -274,9 +276,11 @@ def command_line(script: str, argv: Sequence[str] | None) -> str:
     return " ".join(["python", f"benchmarks/{script}", *args])
 
 
-def write_results(out_dir: Path, name: str, data: dict[str, Any], markdown: str) -> None:
-    """``<out>/<name>.json`` and ``.md``, then the combined table of every benchmark found in ``out``."""
+def write_results(out_dir: Path, name: str, data: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> None:
+    """``<out>/<name>.json`` and ``.md`` (``render(data)``), then the combined table of every benchmark in ``out``."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    data["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    markdown = render(data)
     (out_dir / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     (out_dir / f"{name}.md").write_text(markdown.rstrip() + "\n", encoding="utf-8")
     write_readme_table(out_dir)

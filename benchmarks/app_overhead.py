@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 *([summary_row("gradio_client median (information)", ms(results["gradio_client"]["median_s"]))]
                   if results["gradio_client"] else []),
             ]}
-    write_results(args.out, NAME, data, to_markdown(data))
+    write_results(args.out, NAME, data, to_markdown)
     return 0
 
 

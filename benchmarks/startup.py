@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 summary_row("page delay caused by the model load", secs(delay), f"≤ {secs(tolerance)}",
                             results["no_delay_met"]),
             ]}
-    write_results(args.out, NAME, data, to_markdown(data))
+    write_results(args.out, NAME, data, to_markdown)
     return 0
 
 

@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    f"≤ {STARVATION_FACTOR:g}× fair share", level["no_starvation"]))
     data = {"benchmark": NAME, "command": command_line("throughput.py", argv), "machine": info,
             "fair_share": fair_share, "results": results, "summary": summary}
-    write_results(args.out, NAME, data, to_markdown(data))
+    write_results(args.out, NAME, data, to_markdown)
     return 0
 
 

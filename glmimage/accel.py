@@ -19,9 +19,13 @@ import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers import CogView4Pipeline, FirstBlockCacheConfig
+# torch and diffusers are imported where they are used, so reading the settings (app.py --help, start-up
+# before the page is served) does not wait for them.
+if TYPE_CHECKING:
+    import torch
+    from diffusers import CogView4Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,8 @@ def prepare_pipeline(pipe: CogView4Pipeline, device: torch.device, fast: FastPat
     memory. Raises ValueError when offload is asked for on a device that is not a CUDA GPU, and ImportError when
     int8 is asked for without torchao.
     """
+    import torch
+
     device = torch.device(device)
     if fast.offload != "none" and device.type != "cuda":
         raise ValueError(
@@ -90,6 +96,8 @@ def prepare_pipeline(pipe: CogView4Pipeline, device: torch.device, fast: FastPat
     pipe.vae.enable_tiling()
 
     if fast.cache_threshold > 0:
+        from diffusers import FirstBlockCacheConfig
+
         pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=fast.cache_threshold))
 
     if fast.compile:
@@ -123,6 +131,8 @@ def bucketed_prompt_embeds(
     bucket that holds them. Returns the text encoder's ``hidden_states[-2]``, shape (len(prompts), bucket, hidden),
     to pass as ``prompt_embeds`` / ``negative_prompt_embeds``.
     """
+    import torch
+
     if isinstance(prompts, str) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings.")
     buckets = tuple(buckets)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import gc
 import logging
 import secrets
 import threading
@@ -183,13 +184,19 @@ class LocalEngine:
         except GenerationStopped:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a clear message; the server goes on
-            if is_out_of_memory(exc):
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                log.warning("out of memory at %dx%d, %d image(s)", request.width, request.height, request.num_images)
-                raise EngineError("error.oom") from None
-            log.exception("generation failed at %dx%d, %d step(s)", request.width, request.height, total)
-            raise EngineError("error.generation_failed") from None
+            if not is_out_of_memory(exc):
+                log.exception("generation failed at %dx%d, %d step(s)", request.width, request.height, total)
+                raise EngineError("error.generation_failed") from None
+            output = None
+        if output is None:
+            # Out of memory. Emptied only here, outside the except block: until the exception is gone its
+            # traceback keeps the failed call's frames, and the tensors they hold, alive (PyTorch FAQ); gc for
+            # tensors caught in reference cycles.
+            if torch.cuda.is_available():
+                gc.collect()
+                torch.cuda.empty_cache()
+            log.warning("out of memory at %dx%d, %d image(s)", request.width, request.height, request.num_images)
+            raise EngineError("error.oom")
         model_s = time.perf_counter() - started
         timings = Timings(load_wait_s=load_wait, model_s=model_s, per_step_s=model_s / total, steps=total)
         return GenerationResult(request=request, seed=seed, final=final, images=list(output.images), timings=timings)

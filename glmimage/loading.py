@@ -86,13 +86,12 @@ class PipelineLoader:
 
     def __init__(self, model: str | None, dtype: str = "auto", fast: FastPaths | None = None, *,
                  warmup: bool = True, cache_dir: str | None = None) -> None:
-        import torch
-
-        self._torch = torch
-        cuda = torch.cuda.is_available()
-        self.device = torch.device("cuda" if cuda else "cpu")
-        self.choice = choose_model(model, cuda)
-        self.dtype_name = choose_dtype(dtype, self.device.type)
+        self.requested_model = model
+        self.requested_dtype = dtype
+        # Known once the loading thread has imported torch (so the page does not wait for that import).
+        self.device: Any = None  # torch.device
+        self.choice: ModelChoice | None = None
+        self.dtype_name: str | None = None
         self.fast = fast or FastPaths()
         self.warmup = warmup
         self.cache_dir = cache_dir
@@ -119,18 +118,38 @@ class PipelineLoader:
             raise ModelNotReady(self.error_key, self.error_detail)
         return self._pipe
 
+    @property
+    def model_name(self) -> str:
+        """The model's name, as far as it is known yet."""
+        if self.choice is not None:
+            return self.choice.name
+        return self.requested_model or "…"
+
+    def _resolve(self) -> None:
+        import torch
+
+        self._torch = torch
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda" if cuda else "cpu")
+        self.dtype_name = choose_dtype(self.requested_dtype, self.device.type)
+        self.choice = choose_model(self.requested_model, cuda)
+        if self.choice.auto_tiny:
+            log.warning("no CUDA GPU found: starting on the tiny test model (random weights, draws noise). "
+                        "Pass --model %s to force the real one.", DEFAULT_MODEL)
+
     def _load(self) -> None:
         started = time.perf_counter()
         try:
+            self._resolve()
             self._pipe = self.load_pipeline()
             self.load_seconds = time.perf_counter() - started
             log.info("model %s ready on %s (%s) in %.1f s", self.choice.name, self.device, self.dtype_name,
                      self.load_seconds)
             self.state = ModelState.READY
         except BaseException as exc:  # noqa: BLE001 - any failure is reported, and the server stays up
-            self.error_key = failure_key(exc, self.choice.name)
+            self.error_key = failure_key(exc, self.model_name)
             self.error_detail = f"{type(exc).__name__}: {str(exc)[:300]}"
-            log.error("loading model %s failed (%s): %s", self.choice.name, self.error_key, self.error_detail)
+            log.error("loading model %s failed (%s): %s", self.model_name, self.error_key, self.error_detail)
             self.state = ModelState.FAILED
         finally:
             self._done.set()

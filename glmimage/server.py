@@ -86,9 +86,9 @@ def health_route(demo: Any, loader: PipelineLoader, started: float) -> Route:
         queue = getattr(demo, "_queue", None)
         body = {
             "status": "ok" if loader.state.value != "failed" else "degraded",
-            "model": loader.choice.name,
+            "model": loader.model_name,
             "model_state": loader.state.value,
-            "device": loader.device.type,
+            "device": loader.device.type if loader.device is not None else None,
             "dtype": loader.dtype_name,
             "queue_length": len(queue) if queue is not None else 0,
             "uptime_s": round(time.monotonic() - started, 1),
@@ -143,14 +143,20 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
         show_error=False,  # an unexpected exception's text (paths, internals) never reaches the page
         css=CSS,
         app_kwargs={"routes": [health_route(demo, loader, started), NO_DEEP_LINKS], "lifespan": lifespan},
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         quiet=False,
     )
     if block:
-        # Back here after Ctrl-C or SIGTERM. Gradio only asked uvicorn to stop and waited 5 s, so its thread, and
-        # the lifespan's clean-up with it, could die with the process: close properly and delete the files here.
-        demo.close(verbose=False)
-        sweeper.close()
+        # Not Gradio's own wait: on Ctrl-C it only asks uvicorn to stop and gives up after 5 s while page
+        # connections stay open, so the lifespan's clean-up could die with the process. SIGTERM arrives here too.
+        try:
+            while demo.is_running:
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            log.info("stopping")
+        finally:
+            demo.close(verbose=False)
+            sweeper.close()  # nothing generated outlives the server, even if the lifespan did not finish
     return app
 
 
@@ -161,12 +167,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"app.py: error: {exc}", file=sys.stderr)
         return 2
-    if settings.model is None:
-        import torch
-
-        if not torch.cuda.is_available():
-            log.warning("no CUDA GPU found: starting on the tiny test model (random weights, draws noise). "
-                        "Pass --model THUDM/CogView4-6B to force the real one.")
     # docker stop / systemd send SIGTERM: shut down as on Ctrl-C, so the generated files are deleted.
     signal.signal(signal.SIGTERM, _interrupt)
     launch(settings)

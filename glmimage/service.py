@@ -11,7 +11,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +49,8 @@ def round_timings(**values: float) -> dict[str, float]:
 
 
 class GenerationService:
-    def __init__(self, settings: Settings, engine: Engine, styles: StyleBook, model_name: str) -> None:
+    def __init__(self, settings: Settings, engine: Engine, styles: StyleBook, model_name: Callable[[], str]) -> None:
+        """``model_name`` is asked at each run: the model is chosen while the page is already up."""
         self.settings = settings
         self.engine = engine
         self.styles = styles
@@ -96,13 +97,14 @@ class GenerationService:
             result = self.engine.submit(request, on_step, should_stop).result()
             save_started = time.perf_counter()
             files = self._save(result, session)
-        except (EngineError, InputError) as exc:  # InputError: a prompt over the token limit, found by the engine
+        except EngineError as exc:
             session.record("failed" if exc.key != "status.stopped" else "stopped", reason=exc.key,
                            queue_s=round(queue_s, 4), **request.to_dict())
             log.info("generation ended: %s after %.2f s", exc.key, time.perf_counter() - started)
             raise
-        except InputError:
-            raise  # too many tokens, found once the tokenizer ran: worded like any bad input
+        except InputError as exc:  # too many tokens, found once the tokenizer ran: worded like any bad input
+            session.record("refused", reason=exc.key, **request.to_dict())
+            raise
         except Exception:  # noqa: BLE001 - a bug or a full disk: a clear message, the traceback only in the log
             log.exception("generation failed outside the pipeline after %.2f s", time.perf_counter() - started)
             session.record("failed", reason="error.generation_failed", queue_s=round(queue_s, 4), **request.to_dict())
@@ -113,7 +115,7 @@ class GenerationService:
                                 per_step_s=t.per_step_s, save_s=save_s,
                                 total_s=queue_s + (time.perf_counter() - started))
         details = {"parameters": request.to_dict(), "seed": result.seed, "final_prompt": result.final.prompt,
-                   "final_negative_prompt": result.final.negative_prompt, "model": self.model_name,
+                   "final_negative_prompt": result.final.negative_prompt, "model": self.model_name(),
                    "timings": timings}
         session.record("generated", **request.to_dict(), seed_used=result.seed, images=len(files), timings=timings)
         entry = HistoryEntry(id=uuid.uuid4().hex, created=time.time(), files=files, request=request.to_dict(),
@@ -130,7 +132,7 @@ class GenerationService:
         parameters = None
         if session.embed_metadata:
             parameters = a1111_parameters(result.final.prompt, result.final.negative_prompt, result.request,
-                                          result.seed, self.model_name)
+                                          result.seed, self.model_name())
         if not session.keep_history:
             session.clear_history()  # only the result on screen is kept, until the next one
         return [str(save_png(image, session.new_file(), parameters)) for image in result.images]

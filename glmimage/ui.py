@@ -42,6 +42,9 @@ CSS = """
 #generate-row button { min-height: 3rem; }
 #timings { min-height: 2.5rem; }
 .glm-note p { font-size: var(--text-sm); opacity: 0.85; }
+/* Whole images in the result: Gradio's square cells are wider than the box is tall, which cut images off. */
+#result .grid-container { height: 100%; box-sizing: border-box; }
+#result .thumbnail-item { aspect-ratio: auto; }
 """
 
 
@@ -132,12 +135,21 @@ def forget_session(demo: gr.Blocks, session_hash: str | None) -> None:
 
 
 def forget_idle_sessions(demo: gr.Blocks, idle_s: float) -> int:
-    """Forget every session with no event for ``idle_s`` seconds; returns how many."""
+    """Forget every session with nothing queued or running and no event or state update for ``idle_s`` seconds;
+    returns how many."""
     holder = getattr(demo, "state_holder", None)
-    if holder is None:
+    queue = getattr(demo, "_queue", None)
+    if holder is None or queue is None:
         return 0
+    events = [e for q in queue.event_queue_per_concurrency_id.values() for e in q.queue]
+    busy = {e.session_hash for e in events + [e for job in queue.active_jobs if job for e in job]}
     now = datetime.datetime.now()
-    idle = [h for h, used in list(holder.time_last_used.items()) if (now - used).total_seconds() > idle_s]
+    idle = []
+    for session_hash, used in list(holder.time_last_used.items()):
+        # Gradio notes an event when it starts; a generation sets the state when it ends.
+        set_at = [at for _ttl, at in getattr(holder.session_data.get(session_hash), "_state_ttl", {}).values()]
+        if session_hash not in busy and (now - max([used, *set_at])).total_seconds() > idle_s:
+            idle.append(session_hash)
     for session_hash in idle:
         forget_session(demo, session_hash)
     return len(idle)
@@ -166,7 +178,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
     """Lay out the page and wire its events. ``i18n`` must also be passed to ``launch``."""
     settings, translator, styles = parts.settings, parts.translator, parts.styles
     texts = Texts(translator)
-    service = GenerationService(settings, parts.engine, styles, parts.loader.choice.name)
+    service = GenerationService(settings, parts.engine, styles, lambda: parts.loader.model_name)
     preset_by_label = {p.label: p for p in parts.presets}
     default_preset = next(p.label for p in parts.presets if (p.width, p.height) == (limits.DEFAULT_WIDTH,
                                                                                        limits.DEFAULT_HEIGHT))
@@ -265,14 +277,14 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
         def show_status(request: gr.Request) -> tuple[str, gr.Timer, str]:
             lang = _lang(request)
             loader = parts.loader
-            names = {"model": loader.choice.name}
+            names = {"model": loader.model_name}
             if loader.state is ModelState.LOADING:
                 text = translator.t("status.loading", lang, **names)
             elif loader.state is ModelState.READY:
                 text = translator.t("status.ready", lang, device=loader.device.type, dtype=loader.dtype_name, **names)
             else:
                 text = translator.t("status.failed", lang, reason=translator.t(loader.error_key, lang))
-            if loader.choice.is_tiny:
+            if loader.choice is not None and loader.choice.is_tiny:
                 text += "\n\n" + translator.t("status.auto_tiny" if loader.choice.auto_tiny else "status.tiny", lang)
             notice = translator.t("privacy.notice", lang, session_ttl=round(settings.session_ttl / 60),
                                   file_ttl=round(settings.file_ttl / 60))
@@ -378,18 +390,21 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                    show_progress="hidden")
 
         # ---- history, session, privacy -------------------------------------------------------------------
-        def restore(session: Session, evt: gr.SelectData) -> tuple:
+        def restore(session: Session, evt: gr.SelectData, request: gr.Request) -> tuple:
             if evt.index is None or not 0 <= evt.index < len(session.history):
-                return (gr.skip(),) * 12
-            p = session.history[evt.index].request
+                return (gr.skip(),) * 14
+            entry = session.history[evt.index]
+            p = entry.request
             preset = next((label for label, s in preset_by_label.items() if (s.width, s.height) == (p["width"],
                                                                                                   p["height"])), None)
+            # The seed and timings shown under the image are the restored entry's, not the last generation's.
+            line = translator.t("timings.line", _lang(request), seed=entry.seed, **entry.timings)
             return (p["prompt"], p["negative_prompt"], p["style"], p["width"], p["height"], p["num_images"],
-                    session.history[evt.index].seed, False, p["num_inference_steps"], p["guidance_scale"],
-                    preset or CUSTOM_SIZE, session.history[evt.index].files)
+                    entry.seed, False, p["num_inference_steps"], p["guidance_scale"],
+                    preset or CUSTOM_SIZE, entry.files, entry.seed, line)
 
-        history.select(restore, [session_state], [*request_inputs, size_preset, gallery], api_visibility="private",
-                       concurrency_limit=None, show_progress="hidden")
+        history.select(restore, [session_state], [*request_inputs, size_preset, gallery, seed_used, timings],
+                       api_visibility="private", concurrency_limit=None, show_progress="hidden")
 
         def do_clear(session: Session, request: gr.Request) -> tuple:
             count = session.clear_history()
@@ -465,17 +480,19 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             return next((label for label, p in preset_by_label.items() if (p.width, p.height) == (w, h)),
                         CUSTOM_SIZE)
 
+        # The other side is sent back only when lowered: sending it unchanged would overwrite what the visitor
+        # typed there while this event was on its way (typing 512 into both boxes gave a 512x1024 image).
         def width_changed(w: Any, h: Any) -> tuple:
             if not all(isinstance(v, (int, float)) for v in (w, h)):
-                return gr.skip(), None
+                return gr.skip(), CUSTOM_SIZE
             new_h = _capped(int(w), int(h))
-            return new_h, _matching_preset(w, new_h)
+            return new_h if new_h != h else gr.skip(), _matching_preset(w, new_h)
 
         def height_changed(w: Any, h: Any) -> tuple:
             if not all(isinstance(v, (int, float)) for v in (w, h)):
-                return gr.skip(), None
+                return gr.skip(), CUSTOM_SIZE
             new_w = _capped(int(h), int(w))
-            return new_w, _matching_preset(new_w, h)
+            return new_w if new_w != w else gr.skip(), _matching_preset(new_w, h)
 
         width.input(width_changed, [width, height], [height, size_preset], api_visibility="private",
                     concurrency_limit=None, show_progress="hidden", preprocess=False)

@@ -116,3 +116,11 @@ def healthz(client: httpx.Client) -> tuple[float, dict[str, Any]]:
         body = first + b"".join(chunks)
     assert response.status_code == 200, body
     return ttfb, json.loads(body)
+
+
+def session_of(demo: Any, session_hash: str) -> Any:
+    """The glmimage Session a visitor's ``gr.State`` holds on the (in-process) server."""
+    from glmimage.sessions import Session
+
+    state = demo.state_holder.session_data[session_hash]
+    return next(value for value in state.state_data.values() if isinstance(value, Session))

@@ -19,7 +19,7 @@ from PIL import Image
 from glmimage import limits
 from glmimage.config import Settings
 from glmimage.engine import EngineError, GenerationStopped, LocalEngine, pick_seed
-from glmimage.loading import ModelState, PipelineLoader
+from glmimage.loading import PipelineLoader
 from glmimage.requests import GenerationRequest, InputError
 from glmimage.service import GenerationService, Refused
 from glmimage.sessions import Session
@@ -55,26 +55,31 @@ def engine(loader, styles):
 
 
 class FailingPipe:
-    """Stands in for the pipeline: tokenizes, then fails the way the real one can."""
+    """The real tiny pipeline (tokenizer and all), except that calling it fails the way the real one can."""
 
-    def __init__(self, error: BaseException) -> None:
+    def __init__(self, pipe: object, error: BaseException) -> None:
+        self._pipe = pipe
         self.error = error
 
-    def tokenizer(self, text: str, add_special_tokens: bool = True) -> dict:
-        return {"input_ids": [0] * 8}
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._pipe, name)
 
     def __call__(self, **kwargs):
         raise self.error
 
 
-class FakeLoader:
-    state = ModelState.READY
+class FailingLoader:
+    """The real, loaded loader, except that wait() hands out a FailingPipe."""
 
-    def __init__(self, pipe: object) -> None:
-        self.pipe = pipe
+    def __init__(self, loader: PipelineLoader, error: BaseException) -> None:
+        self._loader = loader
+        self._pipe = FailingPipe(loader.wait(0), error)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._loader, name)
 
     def wait(self, timeout: float | None = None) -> object:
-        return self.pipe
+        return self._pipe
 
 
 # ---- engine ----------------------------------------------------------------------------------------------------
@@ -201,8 +206,8 @@ def test_two_workers_give_the_same_pixels_as_one(loader, styles, engine):
     (RuntimeError("expected scalar type Float but found BFloat16"), "error.generation_failed"),
     (ValueError("something inside the pipeline"), "error.generation_failed"),
 ])
-def test_pipeline_failures_become_engine_errors_with_a_message_key(styles, error, key):
-    engine = LocalEngine(FakeLoader(FailingPipe(error)), styles)
+def test_pipeline_failures_become_engine_errors_with_a_message_key(loader, styles, error, key):
+    engine = LocalEngine(FailingLoader(loader, error), styles)
     with pytest.raises(EngineError) as caught:
         engine.submit(request()).result()
     engine.close()
@@ -240,7 +245,7 @@ def raw(**overrides) -> dict:
 def make_service(engine, styles, **settings) -> GenerationService:
     values = dict(model="tiny", rate_limit="0", max_jobs_per_client=2)
     values.update(settings)
-    return GenerationService(Settings(**values), engine, styles, "tiny")
+    return GenerationService(Settings(**values), engine, styles, lambda: "tiny")
 
 
 def test_service_run_saves_pngs_into_the_session_and_returns_seed_and_all_timings(engine, styles, tmp_path):
@@ -259,11 +264,12 @@ def test_service_run_saves_pngs_into_the_session_and_returns_seed_and_all_timing
     assert session.log[-1]["event"] == "generated"
 
 
-def test_service_run_that_fails_leaves_the_history_unchanged_and_logs_the_failure(engine, styles, tmp_path):
+def test_service_run_that_fails_leaves_the_history_unchanged_and_logs_the_failure(loader, engine, styles,
+                                                                                 tmp_path):
     session = Session(str(tmp_path))
     make_service(engine, styles).run(request(), session, queue_s=0)
     before = list(session.history)
-    failing = LocalEngine(FakeLoader(FailingPipe(torch.OutOfMemoryError("CUDA out of memory"))), styles)
+    failing = LocalEngine(FailingLoader(loader, torch.OutOfMemoryError("CUDA out of memory")), styles)
     with pytest.raises(EngineError, match="error.oom"):
         make_service(failing, styles).run(request(), session, queue_s=0)
     failing.close()
@@ -276,6 +282,14 @@ def test_service_run_of_a_stopped_job_logs_a_stop_and_keeps_the_history(engine, 
     with pytest.raises(GenerationStopped):
         make_service(engine, styles).run(request(num_inference_steps=3), session, queue_s=0, should_stop=lambda: True)
     assert session.history == [] and session.log[-1]["event"] == "stopped"
+
+
+def test_service_run_of_a_prompt_over_the_token_limit_is_refused_and_logged(engine, styles, tmp_path):
+    session = Session(str(tmp_path))
+    with pytest.raises(InputError, match="1024"):
+        make_service(engine, styles).run(request(prompt=OVER_TOKEN_LIMIT), session, queue_s=0)
+    assert session.history == []
+    assert (session.log[-1]["event"], session.log[-1]["reason"]) == ("refused", "error.too_many_tokens")
 
 
 def test_service_admits_a_valid_request_and_refuses_bad_input_logging_the_refusal(engine, styles, tmp_path):

@@ -89,15 +89,17 @@ def test_wait_before_loading_finishes_raises_timeout():
     assert caught.value.key == "load.timeout"
 
 
-def test_the_tiny_model_loads_once_on_cpu_in_float32_and_every_caller_gets_the_same_pipeline():
-    loader = PipelineLoader(None, warmup=True).start()
+def test_the_tiny_model_loads_once_in_one_dtype_and_every_caller_gets_the_same_pipeline():
+    loader = PipelineLoader(TINY_MODEL_NAME, warmup=True).start()
     pipe = loader.wait(120)
     assert loader.state is ModelState.READY
-    assert loader.choice.auto_tiny and loader.device.type == "cpu" and loader.dtype_name == "float32"
+    assert loader.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert loader.dtype_name == choose_dtype("auto", loader.device.type)
     assert loader.load_seconds is not None and loader.load_seconds > 0
     assert loader.wait(0) is pipe
     assert loader.start() is loader and loader.wait(0) is pipe  # starting again loads nothing new
-    assert pipe.transformer.dtype == pipe.text_encoder.dtype == torch.float32
+    dtype = getattr(torch, loader.dtype_name)
+    assert pipe.transformer.dtype == pipe.text_encoder.dtype == pipe.vae.dtype == dtype
 
 
 def test_app_help_lists_every_flag_and_the_environment_prefix():

@@ -83,8 +83,10 @@ def test_dispose_drops_history_log_and_files(session):
 
 
 def test_dispose_session_ignores_anything_that_is_not_a_session():
+    not_a_session = {"history": ["kept"]}
     dispose_session(None)
-    dispose_session({"history": []})
+    dispose_session(not_a_session)
+    assert not_a_session == {"history": ["kept"]}
 
 
 def test_each_copy_of_the_default_session_gets_its_own_id_and_folder(tmp_path):
