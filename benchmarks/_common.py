@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -170,7 +169,7 @@ class Server:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.terminate()  # SIGTERM ends it at once; a graceful SIGINT takes seconds, and the files go below
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:

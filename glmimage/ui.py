@@ -237,7 +237,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 gallery = gr.Gallery(label=i18n("label.result"), columns=2, height=520, object_fit="contain",
                                      format="png", elem_id="result", interactive=False)
                 timings = gr.Markdown(i18n("timings.empty"), elem_id="timings")
-                seed_used = gr.Number(label=i18n("label.seed_used"), interactive=False, elem_id="seed-used")
+                seed_used = gr.Number(value=None, label=i18n("label.seed_used"), interactive=False, elem_id="seed-used")
                 with gr.Accordion(i18n("label.details"), open=False):
                     details = gr.JSON(label=i18n("label.details"), elem_id="details")
 
@@ -300,10 +300,14 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                           show_progress="hidden")
 
         # ---- generation ---------------------------------------------------------------------------------
-        def check(prompt: Any, negative_prompt: Any, style: Any, width: Any, height: Any, num_images: Any,
-                  seed: Any, randomize_seed: Any, num_inference_steps: Any, guidance_scale: Any, session: Session,
-                  request: gr.Request) -> Any:
-            """Runs before the job may join the queue: bad input and floods never reach the GPU."""
+        async def check(prompt: Any, negative_prompt: Any, style: Any, width: Any, height: Any, num_images: Any,
+                        seed: Any, randomize_seed: Any, num_inference_steps: Any, guidance_scale: Any,
+                        session: Session, request: gr.Request) -> Any:
+            """Runs before the job may join the queue: bad input and floods never reach the GPU.
+
+            ``async`` (it never waits): it then runs on the event loop between Gradio's --max-queue check and the
+            job's append, so simultaneous requests cannot all pass both caps at once (on worker threads, 30 at
+            once put 28 jobs into a queue of 4)."""
             raw = dict(prompt=prompt, negative_prompt=negative_prompt, style=style, width=width, height=height,
                        num_images=num_images, seed=seed, randomize_seed=randomize_seed,
                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)

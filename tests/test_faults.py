@@ -224,12 +224,10 @@ def test_a_visitor_who_disconnects_mid_generation_does_not_block_the_queue(fault
         wait_for(lambda: len(engine.calls) > calls_before and engine.calls[-1]["steps"] >= 1)
     leaver.close()
 
-    started = time.monotonic()
     outcome = call(http_client(faulty.url, source="127.0.0.2"), fast(prompt="the next visitor"))
     assert outcome.kind == "image"
     left = next(c for c in engine.calls[calls_before:] if c["prompt"] == "the one who leaves")
-    assert left["steps"] < 30, left  # 60 steps of 0.1 s would have held the GPU for 6 s
-    assert time.monotonic() - started < 4.0
+    assert left["steps"] < 30, left  # stopped within a few steps, not after holding the GPU for 60
     assert "generation ended: status.stopped" in caplog.text
 
 
@@ -237,7 +235,8 @@ def test_a_queued_job_of_a_visitor_who_left_never_runs(faulty, engine):
     engine.step_delay = 0.1
     calls_before = len(engine.calls)
     stayer = http_client(faulty.url)
-    first = submit(stayer, request_kwargs(prompt="the one who stays", num_inference_steps=15))
+    # 30 steps of at least 0.1 s: long enough for Gradio's once-a-second queue update to notice the leaver.
+    first = submit(stayer, request_kwargs(prompt="the one who stays", num_inference_steps=30))
     lines: list[str] = []
 
     def read_to_the_end() -> None:

@@ -22,6 +22,7 @@ from PIL import Image
 from rawhttp import as_data, call, http_client, session_of, submit
 
 import glmimage
+from glmimage import limits
 from glmimage.i18n import load_translations
 from glmimage.requests import InputError, validate_request
 from glmimage.service import API_FIELDS
@@ -145,6 +146,15 @@ def test_a_malformed_body_is_refused_without_internals(server, body):
     response = submit(http_client(server.url), body=body)
     assert 400 <= response.status_code < 500, response.text[:300]
     assert_no_internals(response.text)
+
+
+def test_prompt_length_and_image_count_are_refused_at_their_named_limits(server):
+    client = http_client(server.url)
+    too_long = call(client, {**BASE, "prompt": "x" * (limits.MAX_PROMPT_CHARS + 1)})
+    assert too_long.messages == {"prompt": f"Prompt is too long: {limits.MAX_PROMPT_CHARS + 1} characters, at most "
+                                           f"{limits.MAX_PROMPT_CHARS}."}
+    too_many = call(client, {**BASE, "num_images": limits.MAX_IMAGES + 1})
+    assert f"from 1 to {limits.MAX_IMAGES}" in too_many.messages["num_images"]
 
 
 def test_extra_values_cannot_replace_the_session_state(server):

@@ -96,6 +96,7 @@ def test_thirty_clients_each_get_an_image_or_a_clear_refusal_and_the_server_stay
                          ("image", "queue_full", "refused")]
     assert kinds["image"] > 0 and kinds["queue_full"] > 0 and rate_limited > 0
     assert slowest < REQUEST_BOUND_S
+    assert max(queue_lengths) <= MAX_QUEUE  # a burst of simultaneous requests did not slip past --max-queue
     for _, outcome in outcomes:
         if outcome.kind == "queue_full":
             assert "Queue is full" in outcome.body

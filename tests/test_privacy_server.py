@@ -265,3 +265,11 @@ def test_the_page_sets_no_cookies_and_keeps_nothing_in_the_browser(server, clien
 def test_only_generate_is_callable_by_api_clients(client_a):
     api = client_a.view_api(return_format="dict", print_info=False)
     assert list(api["named_endpoints"]) == ["/generate"] and not api["unnamed_endpoints"]
+
+
+@pytest.mark.parametrize("language, words", [("en-US,en;q=0.9", ("Privacy", "60 minutes", "120 minutes",
+                                                                   "does not record your prompts")),
+                                             ("zh-CN,zh;q=0.9", ("隐私", "60 分钟", "120 分钟", "不记录你的提示词"))])
+def test_the_page_shows_the_privacy_notice_in_the_visitors_language(server, client_a, language, words):
+    shown = Page(server.url, client_a.session_hash, language).trigger(None, "load")
+    assert all(word in shown["privacy-notice"] for word in words), shown["privacy-notice"]

@@ -18,14 +18,24 @@ import pytest
 from conftest import request_kwargs
 from gradio_client.exceptions import ValidationError
 
+from glmimage.engine import LocalEngine
 from glmimage.sessions import Session
 
 SESSION_TTL, FILE_TTL = 2, 4
 
 
+class SlowForSlowPrompts(LocalEngine):
+    """The real engine; a prompt containing "slow" first waits past the session TTL, as a long job would."""
+
+    def submit(self, request, on_step=None, should_stop=None):
+        if "slow" in request.prompt:
+            time.sleep(SESSION_TTL + 1.5)
+        return super().submit(request, on_step, should_stop)
+
+
 @pytest.fixture(scope="module")
 def short(start_server):
-    return start_server(session_ttl=SESSION_TTL, file_ttl=FILE_TTL)
+    return start_server(session_ttl=SESSION_TTL, file_ttl=FILE_TTL, engine_factory=SlowForSlowPrompts)
 
 
 def generate(client, **overrides) -> tuple:
@@ -67,6 +77,15 @@ def test_a_finished_session_is_forgotten_with_its_files_after_the_session_ttl(sh
     # The visitor may come back: the page starts a fresh session and works.
     again, *_ = generate(client, prompt="ttl-canary-back")
     assert Path(again[0]["image"]["path"]).exists()
+
+
+def test_a_session_busy_generating_for_longer_than_the_ttl_keeps_its_result(short):
+    client = short.client(download_files=False)
+    result, *_ = generate(client, prompt="slow-canary a long job")
+    state = short.app.demo.state_holder.session_data[client.session_hash]
+    session = next(v for v in state.state_data.values() if isinstance(v, Session))
+    assert [e.request["prompt"] for e in session.history] == ["slow-canary a long job"]
+    assert Path(result[0]["image"]["path"]).exists()
 
 
 def test_a_session_whose_only_request_was_refused_is_forgotten_too(short):

@@ -69,10 +69,21 @@ class GlmPage:
     def set_steps(self, steps: int) -> None:
         """Steps live in the closed Advanced accordion: open it, then type into the slider's number box."""
         box = self.page.locator("#steps input[type='number']")
+        slider = self.page.locator("#steps input[type='range']")
         if not box.is_visible():
             self.page.locator("#advanced .label-wrap").first.click()
-        box.fill(str(steps))
-        box.press("Enter")
+        expect(slider).to_be_visible()
+        # Typed again if the slider, drawn as the accordion opens, put its default back over the first typing;
+        # the range input moving shows the component itself took the value.
+        for _ in range(3):
+            box.fill(str(steps))
+            box.press("Enter")
+            try:
+                expect(slider).to_have_value(str(steps), timeout=2_000)
+                break
+            except AssertionError:
+                continue
+        expect(slider).to_have_value(str(steps))
         expect(box).to_have_value(str(steps))
 
     def prepare(self, prompt: str, preset: str = SMALL_PRESET, steps: int = 1) -> None:

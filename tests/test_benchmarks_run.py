@@ -1,0 +1,107 @@
+"""The app benchmarks (benchmarks/app_overhead.py, startup.py, throughput.py, memory.py) run end to end in a shrunk
+mode and write results with the expected fields, so the scripts cannot rot. No speed is asserted: a busy CI
+machine must not fail these."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(script: str, out: Path, *args: str) -> dict[str, Any]:
+    completed = subprocess.run([sys.executable, f"benchmarks/{script}.py", *args, "--out", str(out)], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert (out / f"{script}.md").read_text(encoding="utf-8").startswith("# ")
+    return json.loads((out / f"{script}.json").read_text(encoding="utf-8"))
+
+
+def check_common(data: dict[str, Any], name: str, out: Path) -> None:
+    """The machine, versions, date and summary every results file carries, and the row in the combined table."""
+    import gradio
+
+    m = data["machine"]
+    assert data["benchmark"] == name
+    assert data["command"].startswith(f"python benchmarks/{name}.py ")
+    assert m["cpu"] and m["logical_cores"] >= 1 and m["ram_gib"] > 0
+    assert m["versions"]["gradio"] == gradio.__version__ and m["versions"]["torch"]
+    assert datetime.fromisoformat(m["date"]).year >= 2024
+    assert len(m["load_average_at_start"]) == len(m["load_average_at_end"]) == 3
+    assert data["summary"] and all(set(row) == {"measure", "result", "goal", "met"} for row in data["summary"])
+    table = (out / "README_TABLE.md").read_text(encoding="utf-8")
+    assert f"[{name}](benchmarks/results/{name}.md)" in table
+    assert table.count(f"[{name}]") == len(data["summary"])
+
+
+@pytest.fixture
+def out(tmp_path: Path, tiny_model_path: Path) -> Path:
+    """A results folder; asking for the tiny model first builds it once, before any server starts."""
+    return tmp_path / "results"
+
+
+def test_app_overhead_reports_medians_ratio_and_where_the_time_goes(out):
+    data = run_benchmark("app_overhead", out, "--pairs", "3", "--warmup", "1")
+    r = data["results"]
+    assert r["pairs"] == 3 and r["warmup"] == 1 and r["torch_threads"] >= 1
+    assert all(len(r["samples_s"][name]) == 3 for name in ("app_http", "script", "gradio_client"))
+    app, script = r["app_http"], r["script"]
+    assert 0 < app["min_s"] <= app["median_s"] <= app["max_s"]
+    assert 0 < script["min_s"] <= script["median_s"] <= script["max_s"]
+    assert r["ratio"] == pytest.approx(app["median_s"] / script["median_s"])
+    assert r["overhead_s"] == pytest.approx(app["median_s"] - script["median_s"])
+    assert r["allowed_overhead_s"] == pytest.approx(max(0.05 * script["median_s"], 0.020))
+    assert r["goal_met"] is (r["overhead_s"] <= r["allowed_overhead_s"])
+    parts = app["parts_median_s"]
+    assert parts["server_model_s"] > 0 and parts["server_save_s"] > 0 and parts["image_bytes"] > 10_000
+    assert script["parts_median_s"]["pipeline_s"] > 0 and r["gradio_client"]["median_s"] > 0
+    assert "subprocess" in data["method"]
+    check_common(data, "app_overhead", out)
+
+
+def test_startup_times_page_and_model_against_a_control_with_nothing_to_load(out):
+    data = run_benchmark("startup", out, "--runs", "1", "--warmup-runs", "0")
+    r = data["results"]
+    tiny, control = r["variants"]["tiny"], r["variants"]["control"]
+    assert [run["model_final_state"] for run in tiny["runs"]] == ["ready"]
+    assert [run["model_final_state"] for run in control["runs"]] == ["failed"]
+    assert 0 < tiny["page_median_s"] < 180 and 0 < control["page_median_s"] < 180
+    assert tiny["model_done_median_s"] > 0
+    assert r["load_delay_s"] == pytest.approx(tiny["page_median_s"] - control["page_median_s"])
+    assert r["page_goal_met"] is (tiny["page_median_s"] <= 5.0)
+    check_common(data, "startup", out)
+
+
+def test_throughput_counts_every_image_and_the_wait_of_every_client(out):
+    data = run_benchmark("throughput", out, "--clients", "3", "--requests", "2", "--concurrency", "2",
+                         "--warmup", "1")
+    (level,) = data["results"]["levels"]
+    assert level["concurrency"] == 2 and "--concurrency 2" in level["server_command"]
+    assert level["requests"] == level["images"] == 6 and level["images_per_s"] > 0
+    assert [c["requests"] for c in level["per_client"]] == [2, 2, 2]
+    assert level["fair_wait_s"] == pytest.approx(2 * level["service_median_s"] / 2)
+    assert 0 <= level["median_wait_s"] <= level["longest_wait_s"]
+    assert level["no_starvation"] is (level["longest_wait_s"] <= 1.5 * level["fair_wait_s"])
+    assert "fair wait = (N-1)" in data["fair_share"]
+    check_common(data, "throughput", out)
+
+
+def test_memory_samples_rss_after_every_generation_in_each_scenario(out):
+    # One scenario keeps the test short; the other two differ only in the client (gradio_client, as in
+    # app_overhead) and in one server flag.
+    data = run_benchmark("memory", out, "--generations", "4", "--baseline", "2", "--window", "2", "--scenarios",
+                         "api-capped")
+    (s,) = data["results"]["scenarios"]
+    assert s["scenario"] == "api-capped" and "--max-sessions 2" in s["server_command"]
+    assert len(s["rss_mib"]) == 4 and min(s["rss_mib"]) > 50  # a real server process, in MiB
+    assert s["noise_mib"] >= 2.0
+    assert s["growth_mib"] == pytest.approx(s["end_level_mib"] - s["baseline_level_mib"])
+    assert s["within_noise"] is (s["growth_mib"] <= s["noise_mib"])
+    check_common(data, "memory", out)
