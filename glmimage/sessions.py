@@ -125,7 +125,7 @@ class Session:
         return count
 
     def forget_prompts(self) -> None:
-        """"Keep history" was turned off: the log's earlier entries lose their prompt text too."""
+        """With "keep history" turned off, the log's earlier entries lose their prompt text too."""
         self.log = [_without_prompts(entry) for entry in self.log]
 
     def dispose(self) -> None:

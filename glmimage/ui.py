@@ -237,7 +237,8 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 gallery = gr.Gallery(label=i18n("label.result"), columns=2, height=520, object_fit="contain",
                                      format="png", elem_id="result", interactive=False)
                 timings = gr.Markdown(i18n("timings.empty"), elem_id="timings")
-                seed_used = gr.Number(value=None, label=i18n("label.seed_used"), interactive=False, elem_id="seed-used")
+                seed_used = gr.Number(value=None, label=i18n("label.seed_used"), interactive=False,
+                                      elem_id="seed-used")
                 with gr.Accordion(i18n("label.details"), open=False):
                     details = gr.JSON(label=i18n("label.details"), elem_id="details")
 

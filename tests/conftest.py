@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
@@ -11,9 +13,12 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# Every test run writes Gradio's temporary files into a folder of its own, so tests can check what was written.
-os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="glmimage-test-gradio-"))
-os.environ.setdefault("GLMIMAGE_CACHE_DIR", tempfile.mkdtemp(prefix="glmimage-test-cache-"))
+# Every test run writes Gradio's temporary files (and builds the tiny model) in folders of its own, so tests can
+# check what was written; the folders go when the run ends.
+for _name, _prefix in (("GRADIO_TEMP_DIR", "glmimage-test-gradio-"), ("GLMIMAGE_CACHE_DIR", "glmimage-test-cache-")):
+    if not os.environ.get(_name):
+        os.environ[_name] = tempfile.mkdtemp(prefix=_prefix)
+        atexit.register(shutil.rmtree, os.environ[_name], True)
 
 import pytest  # noqa: E402
 

@@ -148,6 +148,9 @@ def test_new_session_empties_history_and_log_deletes_the_files_and_resets_every_
         assert elem_id in shown, f"New session leaves {elem_id} as it was"
         assert shown[elem_id] == default, elem_id
     assert shown["prompt"] == "" and shown["result"] == [] and shown["details"] is None
+    # Gradio's own record of this session's last inputs and outputs no longer holds the prompt either.
+    record = server.app.demo.state_holder.session_data[client_a.session_hash].config_values
+    assert "alpha-canary" not in json.dumps(record, default=str, ensure_ascii=False)
     again, *_ = generate(client_a, prompt=A_PROMPT)
     assert path_of(again[0]["image"]).parent == fresh.folder
 
