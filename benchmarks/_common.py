@@ -243,6 +243,38 @@ def cpu_seconds(process: Any) -> float:
     return times.user + times.system
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used since boot, all cores together (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """The share of the machine's CPU that processes other than ``ours`` used during a ``with`` block.
+
+    The machine may be shared (other people's tests); a measurement taken while others kept the cores busy says
+    little about the app. ``fraction`` is 0 on an idle machine and 1 when others used every core all along;
+    /proc/stat counts in 10 ms ticks, so short blocks read a few percent either way.
+    """
+
+    def __init__(self, *ours: Any) -> None:
+        self.ours = ours
+        self.fraction = 0.0
+
+    def _ours_seconds(self) -> float:
+        return sum(cpu_seconds(p) for p in self.ours)
+
+    def __enter__(self) -> OtherLoad:
+        self._busy, self._mine, self._started = machine_busy_seconds(), self._ours_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        elapsed = time.perf_counter() - self._started
+        others = (machine_busy_seconds() - self._busy) - (self._ours_seconds() - self._mine)
+        self.fraction = max(0.0, others) / (elapsed * (os.cpu_count() or 1))
+
+
 # ---- numbers and files -------------------------------------------------------------------------------------------
 
 def median(values: Sequence[float]) -> float:

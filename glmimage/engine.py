@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from .accel import bucketed_prompt_embeds, token_count
 from .limits import MAX_SEED
 from .loading import ModelNotReady, PipelineLoader
-from .requests import GenerationRequest, check_token_count
+from .requests import GenerationRequest, check_prompt_tokens
 from .styles import StyleBook, StyledPrompt
 
 log = logging.getLogger("glmimage.engine")
@@ -156,10 +156,7 @@ class LocalEngine:
         except ModelNotReady as exc:
             raise EngineError(exc.key, detail=exc.detail) from None
         final = self.styles.apply(request.style, request.prompt, request.negative_prompt)
-        for name, text in (("prompt", final.prompt), ("negative_prompt", final.negative_prompt)):
-            tokens = self.count_tokens(text)
-            if tokens is not None:
-                check_token_count(name, tokens)
+        check_prompt_tokens(final.prompt, final.negative_prompt, self.count_tokens)
         seed = pick_seed(request)
         total = request.num_inference_steps
 

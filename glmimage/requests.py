@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -141,3 +142,12 @@ def check_token_count(field: str, tokens: int) -> None:
     if tokens > limits.MAX_PROMPT_TOKENS:
         raise InputError("error.too_many_tokens", f"{field} is too long: {tokens} tokens, the model reads at most "
                          f"{limits.MAX_PROMPT_TOKENS}.", field=field, tokens=tokens, max=limits.MAX_PROMPT_TOKENS)
+
+
+def check_prompt_tokens(prompt: str, negative_prompt: str, count_tokens: Callable[[str], int | None]) -> None:
+    """Check the final (styled) prompts against the token limit; ``count_tokens`` gives None before the
+    tokenizer is loaded, and then the engine checks again once it is."""
+    for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        tokens = count_tokens(text)
+        if tokens is not None:
+            check_token_count(field, tokens)

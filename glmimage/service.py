@@ -18,7 +18,7 @@ from typing import Any
 from .config import Settings
 from .engine import Engine, EngineError, GenerationResult, StepCallback, StopCheck
 from .ratelimit import SlidingWindowLimiter
-from .requests import GenerationRequest, InputError, validate_request
+from .requests import GenerationRequest, InputError, check_prompt_tokens, validate_request
 from .sessions import HistoryEntry, Session, a1111_parameters, save_png
 from .styles import StyleBook
 
@@ -62,6 +62,9 @@ class GenerationService:
         """Validate and apply the limits; raises InputError or Refused. Cheap: it runs before the queue."""
         try:
             request = self.validated(raw)
+            # The token limit too, before queuing, once the tokenizer is loaded (the engine checks it again).
+            final = self.styles.apply(request.style, request.prompt, request.negative_prompt)
+            check_prompt_tokens(final.prompt, final.negative_prompt, self.engine.count_tokens)
             if self.settings.max_jobs_per_client and jobs_for_client >= self.settings.max_jobs_per_client:
                 raise Refused("error.too_many_jobs", max=self.settings.max_jobs_per_client)
             retry_after = self.limiter.check(f"ip:{client}", f"session:{session_key}")

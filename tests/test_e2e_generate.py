@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import request_kwargs
-from gradio_client.exceptions import AppError, ValidationError
+from gradio_client.exceptions import ValidationError
 from PIL import Image
 
 from glmimage import limits
@@ -186,10 +186,9 @@ def test_bad_input_is_refused_naming_the_field_and_range_and_changes_nothing(ser
     assert server_is_up(server)
 
 
-def test_a_prompt_over_the_model_token_limit_is_refused_naming_the_limit_and_changes_nothing(server,
-                                                                                            client_with_history):
+def test_a_prompt_over_the_model_token_limit_is_refused_before_queuing_naming_the_limit(server, client_with_history):
     before = history_ids(server, client_with_history)
-    with pytest.raises(AppError) as caught:
+    with pytest.raises(ValidationError) as caught:
         generate(client_with_history, prompt=OVER_TOKEN_LIMIT)
     message = str(caught.value)
     assert "Prompt" in message and "1024" in message and "tokens" in message
@@ -239,7 +238,7 @@ def test_messages_come_in_chinese_for_a_chinese_browser(chinese_client, override
 
 
 def test_the_token_limit_message_comes_in_chinese_for_a_chinese_browser(chinese_client):
-    with pytest.raises(AppError) as caught:
+    with pytest.raises(ValidationError) as caught:
         generate(chinese_client, prompt=OVER_TOKEN_LIMIT)
     assert "词元" in str(caught.value) and "1024" in str(caught.value)
 

@@ -122,11 +122,12 @@ def test_a_client_may_have_only_max_jobs_per_client_waiting_or_running(behind_pr
     assert finish(client, running) == "image"
 
 
-def test_rate_limit_zero_disables_the_limit_and_a_limit_refuses_with_the_wait(styles):
-    unlimited = GenerationService(Settings(model="tiny", rate_limit="0"), None, styles, lambda: "tiny")
+def test_rate_limit_zero_disables_the_limit_and_a_limit_refuses_with_the_wait(styles, server):
+    unlimited = GenerationService(Settings(model="tiny", rate_limit="0"), server.app.engine, styles, lambda: "tiny")
     for _ in range(50):
         unlimited.admit(fast(), "203.0.113.1", "session", 0)
-    limited = GenerationService(Settings(model="tiny", rate_limit="3/minute"), None, styles, lambda: "tiny")
+    limited = GenerationService(Settings(model="tiny", rate_limit="3/minute"), server.app.engine, styles,
+                                lambda: "tiny")
     for _ in range(3):
         limited.admit(fast(), "203.0.113.1", "session", 0)
     with pytest.raises(Refused) as caught:
