@@ -243,6 +243,12 @@ def cpu_seconds(process: Any) -> float:
     return times.user + times.system
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults of a process so far (/proc/<pid>/stat): memory the allocator handed back and took again."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[7])
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds every process on the machine has used since boot, all cores together (/proc/stat)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]

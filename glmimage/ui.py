@@ -255,8 +255,10 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
 
         with gr.Accordion(i18n("label.history"), open=True, elem_id="history-section"):
             gr.Markdown(i18n("history.note"), elem_classes="glm-note")
+            # Shown once there is something in it: an empty gallery box looks broken.
+            history_empty = gr.Markdown(i18n("history.empty"), elem_id="history-empty")
             history = gr.Gallery(label=i18n("label.history"), columns=6, height=240, allow_preview=False,
-                                 elem_id="history", interactive=False, fit_columns=False)
+                                 elem_id="history", interactive=False, fit_columns=False, visible=False)
             with gr.Row():
                 clear_history = gr.Button(i18n("button.clear_history"), size="sm", elem_id="clear-history")
                 reset_session = gr.Button(i18n("button.new_session"), size="sm", elem_id="new-session")
@@ -377,9 +379,10 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 if old != log_file:
                     old.unlink(missing_ok=True)
             log_file.write_text(session.log_json(), encoding="utf-8")
-            return items, session.log, gr.DownloadButton(value=str(log_file))
+            return (gr.Gallery(value=items, visible=bool(items)), gr.Markdown(visible=not items), session.log,
+                    gr.DownloadButton(value=str(log_file)))
 
-        history_outputs = [history, session_log, log_download]
+        history_outputs = [history, history_empty, session_log, log_download]
         gen_event = gr.on(
             [prompt.submit, run.click], generate, inputs=[*request_inputs, session_state],
             outputs=[gallery, seed_used, details, session_state], api_name="generate", validator=check,

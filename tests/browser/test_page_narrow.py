@@ -16,7 +16,7 @@ PHONE = {"width": 390, "height": 844}
 # Blocks a visitor uses, none inside another, so no two may overlap.
 KEY_ELEMENTS = ["#header", "#model-status", "#prompt", "#generate", "#stop", "#style", "#size-preset", "#width",
                 "#height", "#num-images", "#advanced", "#result", "#timings", "#seed-used", "#examples",
-                "#history", "#clear-history", "#new-session"]
+                "#history-empty", "#clear-history", "#new-session"]
 
 
 def overlap(a: dict, b: dict) -> float:
