@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -169,12 +170,9 @@ class Server:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM ends it at once; a graceful SIGINT takes seconds, and the files go below
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(15)
+            # Killed: a graceful stop takes seconds, the server keeps nothing worth it, and its files go below.
+            self.proc.kill()
+            self.proc.wait(30)
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -205,10 +203,22 @@ def request_data(request: dict[str, Any] | None = None) -> list[Any]:
     return [values[name] for name in API_FIELDS]
 
 
-def generate_http(client: httpx.Client, base_url: str, request: dict[str, Any] | None = None) -> HttpResult:
-    """Join the queue, stream the result, download the images. Raises RuntimeError if the app reports an error."""
+def new_session() -> str:
+    """A session id as a page makes one: a browser tab keeps it for the whole visit."""
+    return uuid.uuid4().hex[:11]
+
+
+def generate_http(client: httpx.Client, base_url: str, session: str | None = None,
+                  request: dict[str, Any] | None = None) -> HttpResult:
+    """Join the queue, stream the result, download the images. Raises RuntimeError if the app reports an error.
+
+    With ``session`` the call belongs to that session, as every call from one browser tab does; without it Gradio
+    makes a new session for the call, as for separate API callers."""
+    body: dict[str, Any] = {"data": request_data(request)}
+    if session is not None:
+        body["session_hash"] = session
     started = time.perf_counter()
-    response = client.post(f"{base_url}/gradio_api/call/generate", json={"data": request_data(request)})
+    response = client.post(f"{base_url}/gradio_api/call/generate", json=body)
     response.raise_for_status()
     event_id = response.json()["event_id"]
     joined = time.perf_counter()

@@ -1,24 +1,24 @@
 """App overhead: one request through the running app over HTTP versus the same work in a script, alternated.
 
 The request: tiny model, 512x512, 2 steps, fixed seed. The app is timed as a browser uses it, with httpx: join the
-queue (POST), stream the result (server-sent events until ``complete``), download the image. The script does what
-a script does in one process: call the pipeline, save the image as PNG (with the app's own ``save_png``, so both
-encode alike and the difference is the app's own work). Goal: the app adds at most 5 % or 20 ms, whichever is
-larger, to the script's median.
+queue (POST), stream the result (server-sent events until ``complete``), download the image; every call in one
+Gradio session, as from one browser tab. The script does what a script does in one process: call the pipeline,
+save the image as PNG (with the app's own ``save_png``, so both encode alike and the difference is the app's own
+work). Goal: the app adds at most 5 % or 20 ms, whichever is larger, to the script's median. For information, two
+more paths are timed after each pair: HTTP calls without a session (Gradio builds a new session for each, as for
+separate API callers) and gradio_client (it polls its result queue in 50-100 ms sleeps).
 
 Fairness: the server runs in a subprocess (``python app.py --model tiny --no-warmup --rate-limit 0``), the script
-in this process, so they never share a GIL; both load the pipeline with ``glmimage.loading.PipelineLoader``, run
+in this process, so they never share a GIL. Both load the pipeline with ``glmimage.loading.PipelineLoader``, run
 torch with the same intra-op thread count (``--threads``: ``torch.set_num_threads`` here, ``OMP_NUM_THREADS`` for
-the server), and call it from one long-lived worker thread (the app's engine worker; here a worker thread of the
-same kind). The thread matters on CPU: glibc gives the main thread the main heap, which it trims after each
-generation, so a pipeline run from the main thread page-faults its memory back in every time (about 30 % slower
-for the tiny model); minor page faults per call are reported so such a difference would show. Pairs alternate
-which side goes first, after warm-up calls of each.
+the server), call it from one long-lived worker thread (the app's engine worker; here one of the same kind), and
+use the same allocator setting (``glmimage.server.keep_freed_memory``; without it glibc hands freed memory back
+after each generation and the next one faults it in again, ~30 % slower for the tiny model). Minor page faults per
+call are reported, so a difference there would show. Pairs alternate which side goes first, after warm-up calls.
 
-The machine may be shared: a side during which other processes used more than ``--busy-limit`` of the CPU (from
-/proc/stat, less this benchmark's and the server's own) is retried, up to ``--max-tries`` pairs; the goal is judged
-on the quiet pairs, and the figures over all pairs are reported too. gradio_client's time for the same call is
-measured beside them, for information only (it polls its result queue in 50-100 ms sleeps).
+The machine may be shared: a pair during which other processes used more than ``--busy-limit`` of the CPU (from
+/proc/stat, less this benchmark's and the server's own) does not count as quiet, and pairs go on until ``--pairs``
+quiet ones or ``--max-tries`` in all. The goal is judged on the quiet pairs; figures over all pairs are given too.
 
     python benchmarks/app_overhead.py [--pairs 30] [--warmup 3] [--threads N] [--busy-limit 0.1] [--max-tries N]
         [--no-gradio-client] [--out DIR]
@@ -52,6 +52,7 @@ from _common import (
     median,
     minor_faults,
     ms,
+    new_session,
     quantile,
     request_data,
     summary_row,
@@ -63,6 +64,9 @@ NAME = "app_overhead"
 SERVER_ARGS = ("--no-warmup", "--rate-limit", "0", "--max-jobs-per-client", "0")
 GOAL_FRACTION = 0.05
 GOAL_FLOOR_S = 0.020
+COMPARED = ("app_http", "script")
+# Timed after each pair, for information: a new Gradio session per call (API callers), and gradio_client.
+INFORMATION = ("app_http_new_session", "gradio_client")
 
 
 class Script:
@@ -104,10 +108,10 @@ class Script:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def run_app(client: httpx.Client, url: str, server: psutil.Process) -> dict[str, float]:
+def run_app(client: httpx.Client, url: str, server: psutil.Process, session: str | None) -> dict[str, float]:
     cpu_started = cpu_seconds(server) + time.process_time()
     faults = minor_faults(server.pid)
-    result = generate_http(client, url)
+    result = generate_http(client, url, session)
     cpu = cpu_seconds(server) + time.process_time() - cpu_started
     t = result.details["timings"]
     return {"total_s": result.total_s, "cpu_s": cpu, "page_faults": minor_faults(server.pid) - faults,
@@ -133,6 +137,11 @@ def stats(samples: list[dict[str, float]]) -> dict[str, Any] | None:
                              if key not in ("total_s", "busy")}}
 
 
+def quiet(app: dict[str, float], script: dict[str, float], busy_limit: float) -> bool:
+    """Whether other processes left the machine alone during both sides of a pair."""
+    return max(app["busy"], script["busy"]) < busy_limit
+
+
 def compare(app: list[dict[str, float]], script: list[dict[str, float]]) -> dict[str, Any]:
     a, s = stats(app), stats(script)
     overhead = a["median_s"] - s["median_s"]
@@ -148,9 +157,11 @@ def to_markdown(data: dict[str, Any]) -> str:
     r = data["results"]
     judged = r["quiet"] or r["all"]
     app, script, gc = judged["app_http"], judged["script"], r["gradio_client"]
-    rows = [("script (pipeline + PNG save, one worker thread)", script), ("app over HTTP (httpx, as a browser)", app)]
+    rows = [("script (pipeline + PNG save, one worker thread)", script),
+            ("app over HTTP (httpx, one session, as a browser tab)", app),
+            ("information, all pairs: app over HTTP, a new session per call (API callers)", r["app_http_new_session"])]
     if gc:
-        rows.append(("app over gradio_client (information only; all pairs)", gc))
+        rows.append(("information, all pairs: app over gradio_client (one session)", gc))
     which = (f"the {r['quiet']['pairs']} quiet pairs (others used under {r['busy_limit']:.0%} of the CPU during "
              f"both sides) of {r['all']['pairs']} run" if r["quiet"] else
              f"all {r['all']['pairs']} pairs (none was quiet)")
@@ -228,34 +239,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def measure(args: argparse.Namespace, server: Server, script: Script) -> dict[str, list[dict[str, float]]]:
     """Alternated pairs until ``--pairs`` quiet ones or ``--max-tries`` in all; every sample keeps its ``busy``."""
-    samples: dict[str, list[dict[str, float]]] = {"app_http": [], "script": [], "gradio_client": []}
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in (*COMPARED, *INFORMATION)}
     server_process, me = psutil.Process(server.proc.pid), psutil.Process()
+    session = new_session()
     with httpx.Client(timeout=120) as client:
+        paths: dict[str, Callable[[], dict[str, float]]] = {
+            "app_http": lambda: run_app(client, server.url, server_process, session), "script": script.run,
+            "app_http_new_session": lambda: run_app(client, server.url, server_process, None)}
         gc_client = None
         if args.gradio_client:
             from gradio_client import Client
 
             gc_client = Client(server.url, verbose=False)
-        paths: dict[str, Callable[[], dict[str, float]]] = {
-            "app_http": lambda: run_app(client, server.url, server_process), "script": script.run}
+            paths["gradio_client"] = lambda: run_gradio_client(gc_client)
         for _ in range(args.warmup):
-            paths["app_http"]()
-            paths["script"]()
-            if gc_client:
-                run_gradio_client(gc_client)
-        quiet = 0
+            for path in paths.values():
+                path()
+        quiet_pairs = 0
         for i in range(args.max_tries):
             for name in ("app_http", "script") if i % 2 == 0 else ("script", "app_http"):
                 with OtherLoad(server_process, me) as load:
                     sample = paths[name]()
                 samples[name].append(dict(sample, busy=load.fraction))
-            if gc_client:
-                samples["gradio_client"].append(run_gradio_client(gc_client))
+            for name in INFORMATION:
+                if name in paths:
+                    samples[name].append(paths[name]())
             app, base = samples["app_http"][-1], samples["script"][-1]
-            quiet += max(app["busy"], base["busy"]) < args.busy_limit
+            quiet_pairs += quiet(app, base, args.busy_limit)
             print(f"pair {i + 1}: app {ms(app['total_s'])} (others {app['busy']:.0%}), script "
-                  f"{ms(base['total_s'])} (others {base['busy']:.0%}); {quiet}/{args.pairs} quiet", flush=True)
-            if quiet >= args.pairs:
+                  f"{ms(base['total_s'])} (others {base['busy']:.0%}); {quiet_pairs}/{args.pairs} quiet", flush=True)
+            if quiet_pairs >= args.pairs:
                 break
         if gc_client:
             gc_client.close()
@@ -266,7 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
+    from glmimage.server import keep_freed_memory
+
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as app.py does in the server
     info = machine()
     server = Server(SERVER_ARGS, threads=args.threads).start()
     script = None
@@ -279,10 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if script is not None:
             script.close()
 
-    is_quiet = [max(a["busy"], s["busy"]) < args.busy_limit
-                for a, s in zip(samples["app_http"], samples["script"], strict=True)]
-    quiet_app = [a for a, q in zip(samples["app_http"], is_quiet, strict=True) if q]
-    quiet_script = [s for s, q in zip(samples["script"], is_quiet, strict=True) if q]
+    pairs = list(zip(samples["app_http"], samples["script"], strict=True))
+    quiet_app = [a for a, s in pairs if quiet(a, s, args.busy_limit)]
+    quiet_script = [s for a, s in pairs if quiet(a, s, args.busy_limit)]
     results = {
         "pairs_wanted": args.pairs,
         "warmup": args.warmup,
@@ -291,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "request": REQUEST,
         "quiet": compare(quiet_app, quiet_script) if quiet_app else None,
         "all": compare(samples["app_http"], samples["script"]),
+        "app_http_new_session": stats(samples["app_http_new_session"]),
         "gradio_client": stats(samples["gradio_client"]),
         "samples": {name: [{key: round(value, 5) for key, value in s.items()} for s in values]
                     for name, values in samples.items()},
@@ -299,10 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["goal_met"] = judged["goal_met"]
     method = (f"the server in a subprocess (`{server.display_command()}`), the script in the benchmark process "
               f"(no shared GIL); both load the pipeline with glmimage.loading.PipelineLoader, run torch with "
-              f"{args.threads} intra-op threads (torch.set_num_threads here, OMP_NUM_THREADS for the server) and "
-              "call it from one long-lived worker thread; both save with glmimage.sessions.save_png (PNG, "
+              f"{args.threads} intra-op threads (torch.set_num_threads here, OMP_NUM_THREADS for the server), "
+              "call it from one long-lived worker thread with glibc told to keep freed memory "
+              "(glmimage.server.keep_freed_memory); both save with glmimage.sessions.save_png (PNG, "
               "compress_level=1). Each pair alternates which side goes first. The app is timed from the POST to the "
-              "last image byte with one keep-alive httpx client. A pair is quiet when other processes used less "
+              "last image byte with one keep-alive httpx client, every call in one Gradio session (as one browser "
+              "tab). A pair is quiet when other processes used less "
               f"than {args.busy_limit:.0%} of the machine's CPU during each side.")
     quiet_note = f"{judged['pairs']} quiet pairs" if results["quiet"] else f"all {judged['pairs']} pairs, none quiet"
     data = {"benchmark": NAME, "command": command_line("app_overhead.py", argv), "machine": info, "method": method,
@@ -312,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 summary_row(f"app median over HTTP ({quiet_note})", ms(judged["app_http"]["median_s"])),
                 summary_row("app overhead", f"{ms(judged['overhead_s'])} ({(judged['ratio'] - 1) * 100:+.1f} %)",
                             f"≤ {ms(judged['allowed_overhead_s'])} (5 % or 20 ms)", judged["goal_met"]),
+                summary_row("app median over HTTP, a new session per call (information)",
+                            ms(results["app_http_new_session"]["median_s"])),
                 *([summary_row("gradio_client median (information)", ms(results["gradio_client"]["median_s"]))]
                   if results["gradio_client"] else []),
             ]}

@@ -1,15 +1,16 @@
 """Throughput under load: several clients at once against one server, at each queue concurrency.
 
 For each ``--concurrency`` value a fresh server starts (``python app.py --model tiny --concurrency C ...``), takes
-untimed warm-up calls, then ``--clients`` clients (threads, each with its own keep-alive httpx client, calling as a
-browser does) send ``--requests`` requests each, one after another, all starting together. Reported: images per
+untimed warm-up calls, then ``--clients`` clients (threads, each with its own keep-alive httpx client and its own
+Gradio session, calling as a browser tab does) send ``--requests`` requests each, one after another, all starting
+together. Reported: images per
 second over the whole run, the queue wait each client saw (the ``queue_s`` the app reports: from admission to the
 start of its generation), and whether any request starved.
 
-Fair share: with N clients each keeping one request in flight and C generations running at once, a request that
-joins a first-in-first-out queue waits for the other N-1 clients' requests, served C at a time, so its fair wait is
-(N-1) x S / C, where S is the median service time (model + PNG save) measured in the same run. No request may
-wait longer than 1.5 times that.
+Fair share: with N clients each keeping one request in flight, a request that joins a first-in-first-out queue
+waits while the server serves one request of each of the other N-1 clients, so its fair wait is (N-1) / R, where R
+is the requests per second the server completed in the same run (so the concurrency, and any slow generation, is
+accounted for). No request may wait longer than 1.5 times that.
 
     python benchmarks/throughput.py [--clients 8] [--requests 5] [--concurrency 1 2] [--warmup 2] [--out DIR]
 """
@@ -25,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from _common import (
     REQUEST,
     RESULTS_DIR,
+    OtherLoad,
     Server,
     command_line,
     generate_http,
@@ -35,6 +38,7 @@ from _common import (
     machine_line,
     median,
     ms,
+    new_session,
     summary_row,
     write_results,
     yes_no,
@@ -51,11 +55,12 @@ def server_args(concurrency: int, clients: int) -> tuple[str, ...]:
 
 def client_loop(url: str, client_id: int, requests: int, start: threading.Barrier, t0: list[float]) -> list[dict]:
     records = []
+    session = new_session()  # each client is one browser tab
     with httpx.Client(timeout=600) as client:
         start.wait()
         for _ in range(requests):
             begun = time.perf_counter() - t0[0]
-            result = generate_http(client, url)
+            result = generate_http(client, url, session)
             t = result.details["timings"]
             records.append({"client": client_id, "start_s": begun, "end_s": time.perf_counter() - t0[0],
                             "latency_s": result.total_s, "queue_s": t["queue_s"], "model_s": t["model_s"],
@@ -69,16 +74,21 @@ def run_level(concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
         with httpx.Client(timeout=600) as warm, concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
             for _ in range(args.warmup):  # every worker builds its pipeline object on its first call
                 list(pool.map(lambda _i: generate_http(warm, server.url), range(concurrency)))
-        t0 = [0.0]
-        barrier = threading.Barrier(args.clients, action=lambda: t0.__setitem__(0, time.perf_counter()))
-        with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+        t0 = [0.0]  # when the last client is ready and all start; set once by the barrier
+
+        def all_start() -> None:
+            t0[0] = time.perf_counter()
+
+        barrier = threading.Barrier(args.clients, action=all_start)
+        load = OtherLoad(psutil.Process(server.proc.pid), psutil.Process())
+        with load, concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
             futures = [pool.submit(client_loop, server.url, i, args.requests, barrier, t0)
                        for i in range(args.clients)]
             records = [r for f in futures for r in f.result()]
         command = server.display_command()
     wall = max(r["end_s"] for r in records) - min(r["start_s"] for r in records)
     service = median([r["model_s"] + r["save_s"] for r in records])
-    fair = (args.clients - 1) * service / concurrency
+    fair = (args.clients - 1) * wall / len(records)
     longest = max(r["queue_s"] for r in records)
     per_client = []
     for i in range(args.clients):
@@ -92,7 +102,7 @@ def run_level(concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
             "images_per_s": sum(r["images"] for r in records) / wall, "service_median_s": service,
             "fair_wait_s": fair, "longest_wait_s": longest, "median_wait_s": median([r["queue_s"] for r in records]),
             "longest_to_fair": longest / fair, "no_starvation": longest <= STARVATION_FACTOR * fair,
-            "per_client": per_client, "records": records}
+            "others_cpu_share": load.fraction, "per_client": per_client, "records": records}
 
 
 def to_markdown(data: dict[str, Any]) -> str:
@@ -104,14 +114,15 @@ def to_markdown(data: dict[str, Any]) -> str:
         f"{REQUEST['width']}x{REQUEST['height']}, {REQUEST['num_inference_steps']} steps, tiny model), "
         f"after {r['warmup']} warm-up round(s).",
         "",
-        "| Concurrency | Images/s | Median service time S | Median wait | Longest wait | Fair share (N-1)·S/C | "
-        "Longest / fair | No request starved (≤ 1.5×) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Concurrency | Images/s | Median model + save | Median wait | Longest wait | Fair share (N-1)/R | "
+        "Longest / fair | No request starved (≤ 1.5×) | Others' CPU share |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for level in r["levels"]:
         lines.append(f"| {level['concurrency']} | {level['images_per_s']:.2f} | {ms(level['service_median_s'])} | "
                      f"{ms(level['median_wait_s'])} | {ms(level['longest_wait_s'])} | {ms(level['fair_wait_s'])} | "
-                     f"{level['longest_to_fair']:.2f} | {yes_no(level['no_starvation'])} |")
+                     f"{level['longest_to_fair']:.2f} | {yes_no(level['no_starvation'])} | "
+                     f"{level['others_cpu_share']:.0%} |")
     lines += ["", "Queue wait each client saw (mean / longest):", "",
               "| Client | " + " | ".join(f"concurrency {level['concurrency']}" for level in r["levels"]) + " |",
               "|---|" + "---|" * len(r["levels"])]
@@ -156,10 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{ms(levels[-1]['longest_wait_s'])} (fair {ms(levels[-1]['fair_wait_s'])})", flush=True)
     results = {"clients": args.clients, "requests_per_client": args.requests, "warmup": args.warmup,
                "starvation_factor": STARVATION_FACTOR, "levels": levels}
-    fair_share = ("with N clients each keeping one request in flight and C generations at once, a request joining "
-                  "a first-in-first-out queue waits for the other N-1 clients' requests, served C at a time: fair "
-                  "wait = (N-1) × S / C, S the median service time (model + PNG save) of the same run. A request "
-                  f"starved if its queue wait exceeded {STARVATION_FACTOR:g} × the fair wait.")
+    fair_share = ("with N clients each keeping one request in flight, a request joining a first-in-first-out queue "
+                  "waits while the server serves one request of each of the other N-1 clients: fair wait = (N-1) / R, "
+                  "R the requests per second the server completed in the same run (so the concurrency and any slow "
+                  f"generation count). A request starved if its queue wait exceeded {STARVATION_FACTOR:g} × the fair "
+                  "wait.")
     summary = []
     for level in levels:
         summary.append(summary_row(f"{args.clients} clients, concurrency {level['concurrency']}: images/s",

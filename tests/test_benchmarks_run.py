@@ -48,25 +48,36 @@ def out(tmp_path: Path, tiny_model_path: Path) -> Path:
 
 
 def test_app_overhead_reports_medians_ratio_and_where_the_time_goes(out):
-    data = run_benchmark("app_overhead", out, "--pairs", "3", "--warmup", "1")
+    # --busy-limit above 1 counts every pair as quiet, so a busy CI machine still runs exactly 3 pairs.
+    data = run_benchmark("app_overhead", out, "--pairs", "3", "--warmup", "1", "--busy-limit", "1.5")
     r = data["results"]
-    assert r["pairs"] == 3 and r["warmup"] == 1 and r["torch_threads"] >= 1
-    assert all(len(r["samples_s"][name]) == 3 for name in ("app_http", "script", "gradio_client"))
-    app, script = r["app_http"], r["script"]
+    judged = r["quiet"]
+    assert judged["pairs"] == r["all"]["pairs"] == 3 and r["warmup"] == 1 and r["torch_threads"] >= 1
+    assert {name: len(values) for name, values in r["samples"].items()} == {
+        "app_http": 3, "script": 3, "app_http_new_session": 3, "gradio_client": 3}
+    # Shares of the machine's CPU; /proc/stat's 10 ms ticks make short readings a little imprecise.
+    assert all(0 <= s["busy"] < 2 for name in ("app_http", "script") for s in r["samples"][name])
+    app, script = judged["app_http"], judged["script"]
     assert 0 < app["min_s"] <= app["median_s"] <= app["max_s"]
     assert 0 < script["min_s"] <= script["median_s"] <= script["max_s"]
-    assert r["ratio"] == pytest.approx(app["median_s"] / script["median_s"])
-    assert r["overhead_s"] == pytest.approx(app["median_s"] - script["median_s"])
-    assert r["allowed_overhead_s"] == pytest.approx(max(0.05 * script["median_s"], 0.020))
-    assert r["goal_met"] is (r["overhead_s"] <= r["allowed_overhead_s"])
-    parts = app["parts_median_s"]
+    assert judged["ratio"] == pytest.approx(app["median_s"] / script["median_s"])
+    assert judged["overhead_s"] == pytest.approx(app["median_s"] - script["median_s"])
+    assert judged["allowed_overhead_s"] == pytest.approx(max(0.05 * script["median_s"], 0.020))
+    assert r["goal_met"] is judged["goal_met"] is (judged["overhead_s"] <= judged["allowed_overhead_s"])
+    parts = app["parts_median"]
     assert parts["server_model_s"] > 0 and parts["server_save_s"] > 0 and parts["image_bytes"] > 10_000
-    assert script["parts_median_s"]["pipeline_s"] > 0 and r["gradio_client"]["median_s"] > 0
+    # app.py tells glibc to keep freed memory (glmimage.server.keep_freed_memory), and this benchmark does the same
+    # for the script: once memory has grown to its working size, a generation does not fault it back in (without
+    # the setting every call faults ~20,000 pages).
+    for name in ("app_http", "script"):
+        assert min(s["page_faults"] for s in r["samples"][name]) < 1000, r["samples"][name]
+    assert script["parts_median"]["pipeline_s"] > 0 and script["parts_median"]["save_s"] > 0
+    assert r["app_http_new_session"]["median_s"] > 0 and r["gradio_client"]["median_s"] > 0
     assert "subprocess" in data["method"]
     check_common(data, "app_overhead", out)
 
 
-def test_startup_times_page_and_model_against_a_control_with_nothing_to_load(out):
+def test_startup_times_page_and_model_against_a_control_whose_load_fails_at_once(out):
     data = run_benchmark("startup", out, "--runs", "1", "--warmup-runs", "0")
     r = data["results"]
     tiny, control = r["variants"]["tiny"], r["variants"]["control"]
@@ -76,6 +87,9 @@ def test_startup_times_page_and_model_against_a_control_with_nothing_to_load(out
     assert tiny["model_done_median_s"] > 0
     assert r["load_delay_s"] == pytest.approx(tiny["page_median_s"] - control["page_median_s"])
     assert r["page_goal_met"] is (tiny["page_median_s"] <= 5.0)
+    assert r["page_before_model"] is (tiny["runs"][0]["model_state_at_page"] == "loading")
+    assert r["no_delay_met"] is (r["page_before_model"] and r["load_delay_s"] <= r["delay_tolerance_s"])
+    assert all(0 <= run["others_cpu_share"] < 2 for run in tiny["runs"] + control["runs"])
     check_common(data, "startup", out)
 
 
@@ -86,16 +100,16 @@ def test_throughput_counts_every_image_and_the_wait_of_every_client(out):
     assert level["concurrency"] == 2 and "--concurrency 2" in level["server_command"]
     assert level["requests"] == level["images"] == 6 and level["images_per_s"] > 0
     assert [c["requests"] for c in level["per_client"]] == [2, 2, 2]
-    assert level["fair_wait_s"] == pytest.approx(2 * level["service_median_s"] / 2)
+    assert level["fair_wait_s"] == pytest.approx((3 - 1) * level["wall_s"] / 6)  # (N-1) / requests per second
     assert 0 <= level["median_wait_s"] <= level["longest_wait_s"]
     assert level["no_starvation"] is (level["longest_wait_s"] <= 1.5 * level["fair_wait_s"])
-    assert "fair wait = (N-1)" in data["fair_share"]
+    assert 0 <= level["others_cpu_share"] < 2
+    assert "fair wait = (N-1) / R" in data["fair_share"]
     check_common(data, "throughput", out)
 
 
-def test_memory_samples_rss_after_every_generation_in_each_scenario(out):
-    # One scenario keeps the test short; the other two differ only in the client (gradio_client, as in
-    # app_overhead) and in one server flag.
+def test_memory_samples_rss_after_every_generation_and_tells_allocator_steps_from_drift(out):
+    # One scenario keeps the test short; the other two differ only in the session id sent and in one server flag.
     data = run_benchmark("memory", out, "--generations", "4", "--baseline", "2", "--window", "2", "--scenarios",
                          "api-capped")
     (s,) = data["results"]["scenarios"]
@@ -103,5 +117,8 @@ def test_memory_samples_rss_after_every_generation_in_each_scenario(out):
     assert len(s["rss_mib"]) == 4 and min(s["rss_mib"]) > 50  # a real server process, in MiB
     assert s["noise_mib"] >= 2.0
     assert s["growth_mib"] == pytest.approx(s["end_level_mib"] - s["baseline_level_mib"])
+    assert s["noise_mib"] == pytest.approx(max([2.0] + [abs(step["mib"]) for step in s["steps"]]))
+    assert all(abs(step["mib"]) >= 4 and 2 < step["generation"] <= 4 for step in s["steps"])
+    assert s["drift_mib"] == pytest.approx(s["growth_mib"] - sum(step["mib"] for step in s["steps"]))
     assert s["within_noise"] is (s["growth_mib"] <= s["noise_mib"])
     check_common(data, "memory", out)
