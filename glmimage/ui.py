@@ -379,7 +379,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 if old != log_file:
                     old.unlink(missing_ok=True)
             log_file.write_text(session.log_json(), encoding="utf-8")
-            return (gr.Gallery(value=items, visible=bool(items)), gr.Markdown(visible=not items), session.log,
+            return (gr.update(value=items, visible=bool(items)), gr.update(visible=not items), session.log,
                     gr.DownloadButton(value=str(log_file)))
 
         history_outputs = [history, history_empty, session_log, log_download]

@@ -68,9 +68,10 @@ def test_clear_history_empties_history_deletes_every_file_and_logs_how_many_went
     pngs = [Path(f) for entry in session.history for f in entry.files]
     assert all(p.exists() for p in pngs)
 
-    returned, items, log, download = handler(demo, "do_clear").fn(session, english())
+    returned, gallery, empty_note, log, download = handler(demo, "do_clear").fn(session, english())
 
-    assert returned is session and session.history == [] and items == []
+    assert returned is session and session.history == [] and gallery["value"] == []
+    assert gallery["visible"] is False and empty_note["visible"] is True
     assert not any(p.exists() for p in pngs)
     assert list(session.folder.glob("*.png")) == []
     assert [e["event"] for e in log] == ["generated", "generated", "history_cleared"]
@@ -115,7 +116,7 @@ def test_new_session_puts_every_control_of_the_page_back_to_its_default(demo, fi
         default = "" if isinstance(control, gr.Textbox) and control.value is None else control.value
         assert values[control] == default, control.elem_id
     by_id = {block.elem_id: value for block, value in values.items() if block.elem_id}
-    assert by_id["result"] == [] and by_id["history"] == [] and by_id["seed-used"] is None
+    assert by_id["result"] == [] and by_id["history"]["value"] == [] and by_id["seed-used"] is None
     assert by_id["details"] is None and by_id["session-log"] == [{**by_id["session-log"][0], "event": "new_session"}]
 
 
@@ -123,9 +124,9 @@ def test_turning_keep_history_off_deletes_the_history_and_the_prompt_text_of_ear
     session = session_with_history(files_root)
     pngs = [Path(f) for entry in session.history for f in entry.files]
 
-    returned, items, log, _ = handler(demo, "set_keep_history").fn(session, False, english())
+    returned, gallery, _, log, _ = handler(demo, "set_keep_history").fn(session, False, english())
 
-    assert returned.keep_history is False and session.history == [] and items == []
+    assert returned.keep_history is False and session.history == [] and gallery["value"] == []
     assert not any(p.exists() for p in pngs)
     assert [e["event"] for e in log] == ["generated", "generated", "setting_changed"]
     assert "handler-canary" not in json.dumps(log) and "handler-canary" not in session.log_json()

@@ -55,10 +55,17 @@ class Page:
                     message = json.loads(line[5:]) if line.startswith("data:") else {}
                     if message.get("msg") == "process_completed" and message.get("event_id") == event_id:
                         assert message["success"], message
-                        outputs = message["output"]["data"]
+                        outputs = [shown(value) for value in message["output"]["data"]]
                         return {self.elem_of.get(cid) or f"#{cid}": value for cid, value in zip(dep["outputs"],
                                                                                                outputs, strict=True)}
         raise AssertionError(f"{elem_id} {event}: no result")
+
+
+def shown(value: Any) -> Any:
+    """What the page shows for an output: the value inside an update (which may also change visibility)."""
+    if isinstance(value, dict) and value.get("__type__") == "update" and "value" in value:
+        return value["value"]
+    return value
 
 
 def session_of(server, client) -> Session:
@@ -102,7 +109,7 @@ def test_one_sessions_history_and_log_never_show_another_sessions_prompts(server
         assert captions and all(own in c for c in captions) and not any(other in c for c in captions)
         log_text = json.dumps(shown["session-log"], ensure_ascii=False)
         assert own in log_text and other not in log_text
-        log_file = httpx.get(shown["download-log"]["value"]["url"], timeout=30)
+        log_file = httpx.get(shown["download-log"]["url"], timeout=30)
         assert log_file.status_code == 200 and own in log_file.text and other not in log_file.text
     a, b = session_of(server, client_a), session_of(server, client_b)
     assert a.id != b.id and a.folder != b.folder
@@ -161,7 +168,7 @@ def test_history_files_and_the_downloadable_log_live_in_the_sessions_own_folder(
     shown = Page(server.url, client_a.session_hash).trigger("embed-metadata", "input", **{"embed-metadata": True})
 
     served = [path_of(item["image"]) for item in result] + [path_of(item["image"]) for item in shown["history"]]
-    served.append(path_of(shown["download-log"]["value"]))
+    served.append(path_of(shown["download-log"]))
     assert all(p.parent == session.folder for p in served), served
     assert {p.name for p in session.folder.iterdir()} == {p.name for p in served}
 
@@ -173,7 +180,7 @@ def test_the_session_log_json_has_one_entry_per_event_in_order_with_parameters_a
     generate(client_a, prompt=A_PROMPT, seed=77)
     shown = Page(server.url, client_a.session_hash).trigger("clear-history", "click")
 
-    data = httpx.get(shown["download-log"]["value"]["url"], timeout=30).json()
+    data = httpx.get(shown["download-log"]["url"], timeout=30).json()
     events = data["events"]
     assert [e["event"] for e in events] == ["generated", "refused", "generated", "history_cleared"]
     assert [e["time"] for e in events] == sorted(e["time"] for e in events)
