@@ -93,6 +93,11 @@ def machine_line(info: dict[str, Any]) -> str:
 
 # ---- the server ------------------------------------------------------------------------------------------------
 
+def report_footer(data: dict[str, Any]) -> list[str]:
+    """The closing lines of every results file: the command that made it and the machine it ran on."""
+    return [f"Command: `{data['command']}`", "", f"Machine: {machine_line(data['machine'])}"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -48,12 +48,12 @@ from _common import (
     cpu_seconds,
     generate_http,
     machine,
-    machine_line,
     median,
     minor_faults,
     ms,
     new_session,
     quantile,
+    report_footer,
     request_data,
     summary_row,
     write_results,
@@ -209,9 +209,7 @@ def to_markdown(data: dict[str, Any]) -> str:
         "",
         f"How it was run: {data['method']}",
         "",
-        f"Command: `{data['command']}`",
-        "",
-        f"Machine: {machine_line(data['machine'])}",
+        *report_footer(data),
     ]
     return "\n".join(lines)
 

@@ -35,9 +35,9 @@ from _common import (
     command_line,
     generate_http,
     machine,
-    machine_line,
     median,
     new_session,
+    report_footer,
     summary_row,
     write_results,
     yes_no,
@@ -124,9 +124,7 @@ def to_markdown(data: dict[str, Any]) -> str:
         "",
         "Server commands: " + "; ".join(f"`{s['server_command']}`" for s in r["scenarios"]),
         "",
-        f"Command: `{data['command']}`",
-        "",
-        f"Machine: {machine_line(data['machine'])}",
+        *report_footer(data),
     ]
     return "\n".join(lines)
 

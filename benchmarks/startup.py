@@ -28,8 +28,8 @@ from _common import (
     Server,
     command_line,
     machine,
-    machine_line,
     median,
+    report_footer,
     secs,
     summary_row,
     write_results,
@@ -111,9 +111,7 @@ def to_markdown(data: dict[str, Any]) -> str:
         "",
         f"Server command: `{data['server_command']}`",
         "",
-        f"Command: `{data['command']}`",
-        "",
-        f"Machine: {machine_line(data['machine'])}",
+        *report_footer(data),
     ]
     return "\n".join(lines)
 

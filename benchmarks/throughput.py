@@ -35,10 +35,10 @@ from _common import (
     command_line,
     generate_http,
     machine,
-    machine_line,
     median,
     ms,
     new_session,
+    report_footer,
     summary_row,
     write_results,
     yes_no,
@@ -136,9 +136,7 @@ def to_markdown(data: dict[str, Any]) -> str:
         "",
         "Server commands: " + "; ".join(f"`{level['server_command']}`" for level in r["levels"]),
         "",
-        f"Command: `{data['command']}`",
-        "",
-        f"Machine: {machine_line(data['machine'])}",
+        *report_footer(data),
     ]
     return "\n".join(lines)
 
