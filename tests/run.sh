@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -r requirements.txt
 # torchao is optional for the app (--quantize int8 only); the tests exercise that path for real.
-python -m pip install -q torchao
+python -m pip install -q torchao==0.18.0
 if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi "wenquanyi"; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -q
