@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from .accel import bucketed_prompt_embeds, token_count
 from .limits import MAX_SEED
-from .loading import ModelNotReady, PipelineLoader
+from .loading import ModelNotReady, ModelState, PipelineLoader
 from .requests import GenerationRequest, check_prompt_tokens
 from .styles import StyleBook, StyledPrompt
 
@@ -107,7 +107,7 @@ class LocalEngine:
 
     def count_tokens(self, text: str) -> int | None:
         """Token count of ``text`` as the pipeline reads it, or None while the model is not loaded."""
-        if self.loader.state.value != "ready":
+        if self.loader.state is not ModelState.READY:
             return None
         return token_count(self.loader.wait(0).tokenizer, text)
 

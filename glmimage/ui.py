@@ -357,11 +357,10 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 if exc.key == "status.stopped":
                     gr.Info(texts(exc.key, lang, **exc.params))
                     return gr.skip(), gr.skip(), gr.skip(), session
-                params = dict(exc.params)
                 if exc.key.startswith("load."):
                     raise gr.Error(texts("error.model_unavailable", lang, reason=texts(exc.key, lang)),
                                    print_exception=False) from None
-                raise gr.Error(texts(exc.key, lang, **params), title=texts("error.title", lang),
+                raise gr.Error(texts(exc.key, lang, **exc.params), title=texts("error.title", lang),
                                print_exception=False) from None
             return outcome.files, outcome.seed, outcome.details, session
 
@@ -403,13 +402,11 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 return (gr.skip(),) * 14
             entry = session.history[evt.index]
             p = entry.request
-            preset = next((label for label, s in preset_by_label.items() if (s.width, s.height) == (p["width"],
-                                                                                                  p["height"])), None)
             # The seed and timings shown under the image are the restored entry's, not the last generation's.
             line = translator.t("timings.line", _lang(request), seed=entry.seed, **entry.timings)
             return (p["prompt"], p["negative_prompt"], p["style"], p["width"], p["height"], p["num_images"],
                     entry.seed, False, p["num_inference_steps"], p["guidance_scale"],
-                    preset or CUSTOM_SIZE, entry.files, entry.seed, line)
+                    _matching_preset(p["width"], p["height"]), entry.files, entry.seed, line)
 
         history.select(restore, [session_state], [*request_inputs, size_preset, gallery, seed_used, timings],
                        api_visibility="private", concurrency_limit=None, show_progress="hidden")
