@@ -41,13 +41,23 @@ README_TABLE = "README_TABLE.md"
 BENCHMARKS = ("app_overhead", "startup", "throughput", "memory")
 
 # The one request every benchmark sends (tiny model, 512x512, 2 steps, fixed seed), as tests/conftest.py's.
-REQUEST: dict[str, Any] = dict(prompt="a red apple on a wooden table", negative_prompt="", style="none", width=512,
-                               height=512, num_images=1, seed=1234, randomize_seed=False, num_inference_steps=2,
-                               guidance_scale=3.5)
+REQUEST: dict[str, Any] = dict(
+    prompt="a red apple on a wooden table",
+    negative_prompt="",
+    style="none",
+    width=512,
+    height=512,
+    num_images=1,
+    seed=1234,
+    randomize_seed=False,
+    num_inference_steps=2,
+    guidance_scale=3.5,
+)
 PACKAGES = ("torch", "diffusers", "transformers", "gradio", "gradio_client", "httpx", "pillow", "psutil")
 
 
 # ---- the machine -----------------------------------------------------------------------------------------------
+
 
 def cpu_model() -> str:
     try:
@@ -83,15 +93,18 @@ def machine() -> dict[str, Any]:
 
 def machine_line(info: dict[str, Any]) -> str:
     v = info["versions"]
-    return (f"{info['cpu']}, {info['logical_cores']} cores, {info['ram_gib']} GiB RAM, {info['os']}; "
-            f"Python {info['python']}, torch {v['torch']}, diffusers {v['diffusers']}, gradio {v['gradio']}, "
-            f"gradio_client {v['gradio_client']}, httpx {v['httpx']}; {info['date']}; load average (1, 5, 15 min) "
-            f"at start {', '.join(str(x) for x in info['load_average_at_start'])}, at end "
-            f"{', '.join(str(x) for x in info.get('load_average_at_end', []))}. Other work on the machine shows "
-            "as load above the benchmark's own.")
+    return (
+        f"{info['cpu']}, {info['logical_cores']} cores, {info['ram_gib']} GiB RAM, {info['os']}; "
+        f"Python {info['python']}, torch {v['torch']}, diffusers {v['diffusers']}, gradio {v['gradio']}, "
+        f"gradio_client {v['gradio_client']}, httpx {v['httpx']}; {info['date']}; load average (1, 5, 15 min) "
+        f"at start {', '.join(str(x) for x in info['load_average_at_start'])}, at end "
+        f"{', '.join(str(x) for x in info.get('load_average_at_end', []))}. Other work on the machine shows "
+        "as load above the benchmark's own."
+    )
 
 
 # ---- the server ------------------------------------------------------------------------------------------------
+
 
 def report_footer(data: dict[str, Any]) -> list[str]:
     """The closing lines of every results file: the command that made it and the machine it ran on."""
@@ -129,8 +142,17 @@ class Server:
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "app.py", "--model", self.model, "--host", "127.0.0.1", "--port", str(self.port),
-                *self.args]
+        return [
+            sys.executable,
+            "app.py",
+            "--model",
+            self.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
 
     def display_command(self) -> str:
         """The command without the interpreter path and the per-run port."""
@@ -190,6 +212,7 @@ class Server:
 
 # ---- the client ------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class HttpResult:
     """One /generate call as a browser makes it; client-side phases in seconds, the server's own timings."""
@@ -213,8 +236,9 @@ def new_session() -> str:
     return uuid.uuid4().hex[:11]
 
 
-def generate_http(client: httpx.Client, base_url: str, session: str | None = None,
-                  request: dict[str, Any] | None = None) -> HttpResult:
+def generate_http(
+    client: httpx.Client, base_url: str, session: str | None = None, request: dict[str, Any] | None = None
+) -> HttpResult:
     """Join the queue, stream the result, download the images. Raises RuntimeError if the app reports an error.
 
     With ``session`` the call belongs to that session, as every call from one browser tab does; without it Gradio
@@ -248,8 +272,15 @@ def generate_http(client: httpx.Client, base_url: str, session: str | None = Non
             raise RuntimeError(f"{item['image']['url']} is not a PNG")
         size += len(image.content)
     done = time.perf_counter()
-    return HttpResult(total_s=done - started, join_s=joined - started, stream_s=streamed - joined,
-                      download_s=done - streamed, images=len(gallery), image_bytes=size, details=details)
+    return HttpResult(
+        total_s=done - started,
+        join_s=joined - started,
+        stream_s=streamed - joined,
+        download_s=done - streamed,
+        images=len(gallery),
+        image_bytes=size,
+        details=details,
+    )
 
 
 def cpu_seconds(process: Any) -> float:
@@ -297,6 +328,7 @@ class OtherLoad:
 
 
 # ---- numbers and files -------------------------------------------------------------------------------------------
+
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
@@ -351,10 +383,14 @@ def write_readme_table(out_dir: Path) -> Path:
         when = f"{data['machine']['logical_cores']} cores, {data['machine']['date'][:10]}"
         for row in data["summary"]:
             met = "–" if row["met"] is None else yes_no(row["met"])
-            lines.append(f"| [{name}](benchmarks/results/{name}.md) | {row['measure']} | {row['result']} | "
-                         f"{row['goal']} | {met} | {when} |")
-    text = ("<!-- Written by benchmarks/_common.py from benchmarks/results/*.json; run the benchmarks to update. "
-            "-->\n" + "\n".join(lines) + "\n")
+            lines.append(
+                f"| [{name}](benchmarks/results/{name}.md) | {row['measure']} | {row['result']} | "
+                f"{row['goal']} | {met} | {when} |"
+            )
+    text = (
+        "<!-- Written by benchmarks/_common.py from benchmarks/results/*.json; run the benchmarks to update. "
+        "-->\n" + "\n".join(lines) + "\n"
+    )
     path = out_dir / README_TABLE
     path.write_text(text, encoding="utf-8")
     return path

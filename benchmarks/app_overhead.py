@@ -90,18 +90,27 @@ class Script:
 
         cpu_started, faults = time.process_time(), minor_faults(os.getpid())
         started = time.perf_counter()
-        output = self.pipe(prompt=REQUEST["prompt"], negative_prompt=REQUEST["negative_prompt"] or None,
-                           width=REQUEST["width"], height=REQUEST["height"],
-                           num_inference_steps=REQUEST["num_inference_steps"],
-                           guidance_scale=REQUEST["guidance_scale"], num_images_per_prompt=REQUEST["num_images"],
-                           generator=torch.Generator("cpu").manual_seed(REQUEST["seed"]))
+        output = self.pipe(
+            prompt=REQUEST["prompt"],
+            negative_prompt=REQUEST["negative_prompt"] or None,
+            width=REQUEST["width"],
+            height=REQUEST["height"],
+            num_inference_steps=REQUEST["num_inference_steps"],
+            guidance_scale=REQUEST["guidance_scale"],
+            num_images_per_prompt=REQUEST["num_images"],
+            generator=torch.Generator("cpu").manual_seed(REQUEST["seed"]),
+        )
         generated = time.perf_counter()
         for image in output.images:
             save_png(image, self.folder / f"{uuid.uuid4().hex}.png", None)
         done = time.perf_counter()
-        return {"total_s": done - started, "cpu_s": time.process_time() - cpu_started,
-                "page_faults": minor_faults(os.getpid()) - faults, "pipeline_s": generated - started,
-                "save_s": done - generated}
+        return {
+            "total_s": done - started,
+            "cpu_s": time.process_time() - cpu_started,
+            "page_faults": minor_faults(os.getpid()) - faults,
+            "pipeline_s": generated - started,
+            "save_s": done - generated,
+        }
 
     def close(self) -> None:
         self.worker.shutdown()
@@ -114,10 +123,19 @@ def run_app(client: httpx.Client, url: str, server: psutil.Process, session: str
     result = generate_http(client, url, session)
     cpu = cpu_seconds(server) + time.process_time() - cpu_started
     t = result.details["timings"]
-    return {"total_s": result.total_s, "cpu_s": cpu, "page_faults": minor_faults(server.pid) - faults,
-            "join_s": result.join_s, "stream_s": result.stream_s, "download_s": result.download_s,
-            "image_bytes": result.image_bytes, "server_queue_s": t["queue_s"], "server_model_s": t["model_s"],
-            "server_save_s": t["save_s"], "server_total_s": t["total_s"]}
+    return {
+        "total_s": result.total_s,
+        "cpu_s": cpu,
+        "page_faults": minor_faults(server.pid) - faults,
+        "join_s": result.join_s,
+        "stream_s": result.stream_s,
+        "download_s": result.download_s,
+        "image_bytes": result.image_bytes,
+        "server_queue_s": t["queue_s"],
+        "server_model_s": t["model_s"],
+        "server_save_s": t["save_s"],
+        "server_total_s": t["total_s"],
+    }
 
 
 def run_gradio_client(client: Any) -> dict[str, float]:
@@ -131,10 +149,17 @@ def stats(samples: list[dict[str, float]]) -> dict[str, Any] | None:
     if not samples:
         return None
     totals = [s["total_s"] for s in samples]
-    return {"n": len(samples), "median_s": median(totals), "p10_s": quantile(totals, 0.1),
-            "p90_s": quantile(totals, 0.9), "min_s": min(totals), "max_s": max(totals),
-            "parts_median": {key: median([s[key] for s in samples]) for key in samples[0]
-                             if key not in ("total_s", "busy")}}
+    return {
+        "n": len(samples),
+        "median_s": median(totals),
+        "p10_s": quantile(totals, 0.1),
+        "p90_s": quantile(totals, 0.9),
+        "min_s": min(totals),
+        "max_s": max(totals),
+        "parts_median": {
+            key: median([s[key] for s in samples]) for key in samples[0] if key not in ("total_s", "busy")
+        },
+    }
 
 
 def quiet(app: dict[str, float], script: dict[str, float], busy_limit: float) -> bool:
@@ -146,25 +171,35 @@ def compare(app: list[dict[str, float]], script: list[dict[str, float]]) -> dict
     a, s = stats(app), stats(script)
     overhead = a["median_s"] - s["median_s"]
     allowed = max(GOAL_FRACTION * s["median_s"], GOAL_FLOOR_S)
-    return {"pairs": len(app), "app_http": a, "script": s, "overhead_s": overhead,
-            "ratio": a["median_s"] / s["median_s"],
-            "paired_difference_median_s": median([x["total_s"] - y["total_s"] for x, y in zip(app, script,
-                                                                                               strict=True)]),
-            "allowed_overhead_s": allowed, "goal_met": overhead <= allowed}
+    return {
+        "pairs": len(app),
+        "app_http": a,
+        "script": s,
+        "overhead_s": overhead,
+        "ratio": a["median_s"] / s["median_s"],
+        "paired_difference_median_s": median([x["total_s"] - y["total_s"] for x, y in zip(app, script, strict=True)]),
+        "allowed_overhead_s": allowed,
+        "goal_met": overhead <= allowed,
+    }
 
 
 def to_markdown(data: dict[str, Any]) -> str:
     r = data["results"]
     judged = r["quiet"] or r["all"]
     app, script, gc = judged["app_http"], judged["script"], r["gradio_client"]
-    rows = [("script (pipeline + PNG save, one worker thread)", script),
-            ("app over HTTP (httpx, one session, as a browser tab)", app),
-            ("information, all pairs: app over HTTP, a new session per call (API callers)", r["app_http_new_session"])]
+    rows = [
+        ("script (pipeline + PNG save, one worker thread)", script),
+        ("app over HTTP (httpx, one session, as a browser tab)", app),
+        ("information, all pairs: app over HTTP, a new session per call (API callers)", r["app_http_new_session"]),
+    ]
     if gc:
         rows.append(("information, all pairs: app over gradio_client (one session)", gc))
-    which = (f"the {r['quiet']['pairs']} quiet pairs (others used under {r['busy_limit']:.0%} of the CPU during "
-             f"both sides) of {r['all']['pairs']} run" if r["quiet"] else
-             f"all {r['all']['pairs']} pairs (none was quiet)")
+    which = (
+        f"the {r['quiet']['pairs']} quiet pairs (others used under {r['busy_limit']:.0%} of the CPU during "
+        f"both sides) of {r['all']['pairs']} run"
+        if r["quiet"]
+        else f"all {r['all']['pairs']} pairs (none was quiet)"
+    )
     lines = [
         "# App overhead",
         "",
@@ -176,8 +211,10 @@ def to_markdown(data: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for label, s in rows:
-        lines.append(f"| {label} | {ms(s['median_s'])} | {ms(s['p10_s'])} | {ms(s['p90_s'])} | "
-                     f"{s['median_s'] / script['median_s']:.3f} |")
+        lines.append(
+            f"| {label} | {ms(s['median_s'])} | {ms(s['p10_s'])} | {ms(s['p90_s'])} | "
+            f"{s['median_s'] / script['median_s']:.3f} |"
+        )
     lines += [
         "",
         f"**App overhead: {ms(judged['overhead_s'])} ({(judged['ratio'] - 1) * 100:+.1f} %)**; median of the "
@@ -220,13 +257,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=30, help="quiet pairs wanted (default 30)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls of each path first (default 3)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                   help="torch intra-op threads for both the app and the script (default: torch's, here %(default)s)")
-    p.add_argument("--busy-limit", type=float, default=0.10,
-                   help="a side is quiet when other processes used less than this share of the CPU (default 0.1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch intra-op threads for both the app and the script (default: torch's, here %(default)s)",
+    )
+    p.add_argument(
+        "--busy-limit",
+        type=float,
+        default=0.10,
+        help="a side is quiet when other processes used less than this share of the CPU (default 0.1)",
+    )
     p.add_argument("--max-tries", type=int, help="most pairs run in all (default 3 x --pairs)")
-    p.add_argument("--gradio-client", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time gradio_client, for information (default on)")
+    p.add_argument(
+        "--gradio-client",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time gradio_client, for information (default on)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the results (default %(default)s)")
     args = p.parse_args(argv)
     args.max_tries = args.max_tries or 3 * args.pairs
@@ -242,8 +291,10 @@ def measure(args: argparse.Namespace, server: Server, script: Script) -> dict[st
     session = new_session()
     with httpx.Client(timeout=120) as client:
         paths: dict[str, Callable[[], dict[str, float]]] = {
-            "app_http": lambda: run_app(client, server.url, server_process, session), "script": script.run,
-            "app_http_new_session": lambda: run_app(client, server.url, server_process, None)}
+            "app_http": lambda: run_app(client, server.url, server_process, session),
+            "script": script.run,
+            "app_http_new_session": lambda: run_app(client, server.url, server_process, None),
+        }
         gc_client = None
         if args.gradio_client:
             from gradio_client import Client
@@ -264,8 +315,11 @@ def measure(args: argparse.Namespace, server: Server, script: Script) -> dict[st
                     samples[name].append(paths[name]())
             app, base = samples["app_http"][-1], samples["script"][-1]
             quiet_pairs += quiet(app, base, args.busy_limit)
-            print(f"pair {i + 1}: app {ms(app['total_s'])} (others {app['busy']:.0%}), script "
-                  f"{ms(base['total_s'])} (others {base['busy']:.0%}); {quiet_pairs}/{args.pairs} quiet", flush=True)
+            print(
+                f"pair {i + 1}: app {ms(app['total_s'])} (others {app['busy']:.0%}), script "
+                f"{ms(base['total_s'])} (others {base['busy']:.0%}); {quiet_pairs}/{args.pairs} quiet",
+                flush=True,
+            )
             if quiet_pairs >= args.pairs:
                 break
         if gc_client:
@@ -306,33 +360,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         "all": compare(samples["app_http"], samples["script"]),
         "app_http_new_session": stats(samples["app_http_new_session"]),
         "gradio_client": stats(samples["gradio_client"]),
-        "samples": {name: [{key: round(value, 5) for key, value in s.items()} for s in values]
-                    for name, values in samples.items()},
+        "samples": {
+            name: [{key: round(value, 5) for key, value in s.items()} for s in values]
+            for name, values in samples.items()
+        },
     }
     judged = results["quiet"] or results["all"]
     results["goal_met"] = judged["goal_met"]
-    method = (f"the server in a subprocess (`{server.display_command()}`), the script in the benchmark process "
-              f"(no shared GIL); both load the pipeline with glmimage.loading.PipelineLoader, run torch with "
-              f"{args.threads} intra-op threads (torch.set_num_threads here, OMP_NUM_THREADS for the server), "
-              "call it from one long-lived worker thread with glibc told to keep freed memory "
-              "(glmimage.server.keep_freed_memory); both save with glmimage.sessions.save_png (PNG, "
-              "compress_level=1). Each pair alternates which side goes first. The app is timed from the POST to the "
-              "last image byte with one keep-alive httpx client, every call in one Gradio session (as one browser "
-              "tab). A pair is quiet when other processes used less "
-              f"than {args.busy_limit:.0%} of the machine's CPU during each side.")
+    method = (
+        f"the server in a subprocess (`{server.display_command()}`), the script in the benchmark process "
+        f"(no shared GIL); both load the pipeline with glmimage.loading.PipelineLoader, run torch with "
+        f"{args.threads} intra-op threads (torch.set_num_threads here, OMP_NUM_THREADS for the server), "
+        "call it from one long-lived worker thread with glibc told to keep freed memory "
+        "(glmimage.server.keep_freed_memory); both save with glmimage.sessions.save_png (PNG, "
+        "compress_level=1). Each pair alternates which side goes first. The app is timed from the POST to the "
+        "last image byte with one keep-alive httpx client, every call in one Gradio session (as one browser "
+        "tab). A pair is quiet when other processes used less "
+        f"than {args.busy_limit:.0%} of the machine's CPU during each side."
+    )
     quiet_note = f"{judged['pairs']} quiet pairs" if results["quiet"] else f"all {judged['pairs']} pairs, none quiet"
-    data = {"benchmark": NAME, "command": command_line("app_overhead.py", argv), "machine": info, "method": method,
-            "results": results,
-            "summary": [
-                summary_row(f"script median, pipeline + PNG ({quiet_note})", ms(judged["script"]["median_s"])),
-                summary_row(f"app median over HTTP ({quiet_note})", ms(judged["app_http"]["median_s"])),
-                summary_row("app overhead", f"{ms(judged['overhead_s'])} ({(judged['ratio'] - 1) * 100:+.1f} %)",
-                            f"≤ {ms(judged['allowed_overhead_s'])} (5 % or 20 ms)", judged["goal_met"]),
-                summary_row("app median over HTTP, a new session per call (information)",
-                            ms(results["app_http_new_session"]["median_s"])),
-                *([summary_row("gradio_client median (information)", ms(results["gradio_client"]["median_s"]))]
-                  if results["gradio_client"] else []),
-            ]}
+    data = {
+        "benchmark": NAME,
+        "command": command_line("app_overhead.py", argv),
+        "machine": info,
+        "method": method,
+        "results": results,
+        "summary": [
+            summary_row(f"script median, pipeline + PNG ({quiet_note})", ms(judged["script"]["median_s"])),
+            summary_row(f"app median over HTTP ({quiet_note})", ms(judged["app_http"]["median_s"])),
+            summary_row(
+                "app overhead",
+                f"{ms(judged['overhead_s'])} ({(judged['ratio'] - 1) * 100:+.1f} %)",
+                f"≤ {ms(judged['allowed_overhead_s'])} (5 % or 20 ms)",
+                judged["goal_met"],
+            ),
+            summary_row(
+                "app median over HTTP, a new session per call (information)",
+                ms(results["app_http_new_session"]["median_s"]),
+            ),
+            *(
+                [summary_row("gradio_client median (information)", ms(results["gradio_client"]["median_s"]))]
+                if results["gradio_client"]
+                else []
+            ),
+        ],
+    }
     write_results(args.out, NAME, data, to_markdown)
     return 0
 

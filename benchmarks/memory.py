@@ -68,23 +68,39 @@ def run_scenario(scenario: str, args: argparse.Namespace) -> dict[str, Any]:
                 generate_http(client, server.url, session)
                 samples.append(process.memory_info().rss)
                 if i % 50 == 0:
-                    print(f"{scenario}: {i}/{args.generations} generations, RSS {samples[-1] / MIB:.0f} MiB",
-                          flush=True)
+                    print(
+                        f"{scenario}: {i}/{args.generations} generations, RSS {samples[-1] / MIB:.0f} MiB", flush=True
+                    )
             elapsed = time.perf_counter() - started
         command = server.display_command()
-    baseline = median(samples[args.baseline - args.window:args.baseline]) / MIB
-    end = median(samples[-args.window:]) / MIB
-    steps = [{"generation": i + 1, "mib": round((samples[i] - samples[i - 1]) / MIB, 2)}
-             for i in range(args.baseline, args.generations) if abs(samples[i] - samples[i - 1]) >= STEP_MIB * MIB]
+    baseline = median(samples[args.baseline - args.window : args.baseline]) / MIB
+    end = median(samples[-args.window :]) / MIB
+    steps = [
+        {"generation": i + 1, "mib": round((samples[i] - samples[i - 1]) / MIB, 2)}
+        for i in range(args.baseline, args.generations)
+        if abs(samples[i] - samples[i - 1]) >= STEP_MIB * MIB
+    ]
     noise = max([NOISE_FLOOR_MIB] + [abs(step["mib"]) for step in steps])
     drift = end - baseline - sum(step["mib"] for step in steps)
-    return {"scenario": scenario, "description": SCENARIOS[scenario], "server_command": command,
-            "ready_s": ready_s, "seconds": elapsed, "rss_ready_mib": rss_ready / MIB,
-            "rss_at_baseline_mib": samples[args.baseline - 1] / MIB, "rss_at_end_mib": samples[-1] / MIB,
-            "baseline_level_mib": baseline, "end_level_mib": end, "growth_mib": end - baseline, "steps": steps,
-            "noise_mib": noise, "drift_mib": drift,
-            "drift_kib_per_generation": drift * 1024 / (args.generations - args.baseline),
-            "within_noise": end - baseline <= noise, "rss_mib": [round(s / MIB, 2) for s in samples]}
+    return {
+        "scenario": scenario,
+        "description": SCENARIOS[scenario],
+        "server_command": command,
+        "ready_s": ready_s,
+        "seconds": elapsed,
+        "rss_ready_mib": rss_ready / MIB,
+        "rss_at_baseline_mib": samples[args.baseline - 1] / MIB,
+        "rss_at_end_mib": samples[-1] / MIB,
+        "baseline_level_mib": baseline,
+        "end_level_mib": end,
+        "growth_mib": end - baseline,
+        "steps": steps,
+        "noise_mib": noise,
+        "drift_mib": drift,
+        "drift_kib_per_generation": drift * 1024 / (args.generations - args.baseline),
+        "within_noise": end - baseline <= noise,
+        "rss_mib": [round(s / MIB, 2) for s in samples],
+    }
 
 
 def to_markdown(data: dict[str, Any]) -> str:
@@ -106,12 +122,14 @@ def to_markdown(data: dict[str, Any]) -> str:
     ]
     for s in r["scenarios"]:
         steps = ", ".join(f"{step['generation']}: {step['mib']:+.0f}" for step in s["steps"]) or "none"
-        lines.append(f"| {s['scenario']}: {s['description']} | {s['rss_ready_mib']:.0f} MiB | "
-                     f"{s['rss_at_baseline_mib']:.0f} ({s['baseline_level_mib']:.0f}) MiB | "
-                     f"{s['rss_at_end_mib']:.0f} ({s['end_level_mib']:.0f}) MiB | {s['growth_mib']:+.1f} MiB | "
-                     f"{steps} | {s['noise_mib']:.1f} MiB | {s['drift_mib']:+.1f} MiB "
-                     f"({s['drift_kib_per_generation']:+.1f} KiB/generation) | "
-                     f"{yes_no(s['within_noise'])}{' (information)' if s['scenario'] == 'api' else ''} |")
+        lines.append(
+            f"| {s['scenario']}: {s['description']} | {s['rss_ready_mib']:.0f} MiB | "
+            f"{s['rss_at_baseline_mib']:.0f} ({s['baseline_level_mib']:.0f}) MiB | "
+            f"{s['rss_at_end_mib']:.0f} ({s['end_level_mib']:.0f}) MiB | {s['growth_mib']:+.1f} MiB | "
+            f"{steps} | {s['noise_mib']:.1f} MiB | {s['drift_mib']:+.1f} MiB "
+            f"({s['drift_kib_per_generation']:+.1f} KiB/generation) | "
+            f"{yes_no(s['within_noise'])}{' (information)' if s['scenario'] == 'api' else ''} |"
+        )
     lines += [
         "",
         "Gradio keeps a `SessionState` (a copy of the page's component config) for every session until "
@@ -134,8 +152,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--generations", type=int, default=300, help="generations in all (default 300)")
     p.add_argument("--baseline", type=int, default=20, help="the generation RSS is compared from (default 20)")
     p.add_argument("--window", type=int, default=10, help="samples per level (default 10)")
-    p.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS),
-                   help="which to run (default all)")
+    p.add_argument(
+        "--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS), help="which to run (default all)"
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the results (default %(default)s)")
     args = p.parse_args(argv)
     if not 1 <= args.window <= args.baseline < args.generations:
@@ -147,21 +166,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     info = machine()
     scenarios = [run_scenario(name, args) for name in args.scenarios]
-    results = {"generations": args.generations, "baseline": args.baseline, "window": args.window,
-               "scenarios": scenarios}
+    results = {
+        "generations": args.generations,
+        "baseline": args.baseline,
+        "window": args.window,
+        "scenarios": scenarios,
+    }
     summary = []
     for s in scenarios:
-        growth = (f"{s['growth_mib']:+.1f} MiB ({s['baseline_level_mib']:.0f} → {s['end_level_mib']:.0f} MiB; "
-                  f"{len(s['steps'])} allocator step(s), drift {s['drift_kib_per_generation']:+.0f} KiB/generation)")
+        growth = (
+            f"{s['growth_mib']:+.1f} MiB ({s['baseline_level_mib']:.0f} → {s['end_level_mib']:.0f} MiB; "
+            f"{len(s['steps'])} allocator step(s), drift {s['drift_kib_per_generation']:+.0f} KiB/generation)"
+        )
         measure = f"RSS growth, {s['scenario']}, generation {args.baseline} → {args.generations}"
         if s["scenario"] == "api":  # expected: Gradio's per-session state, up to --max-sessions
-            summary.append(summary_row(measure, growth, "information: Gradio's per-session state, bounded by "
-                                       "--max-sessions (see api-capped)"))
+            summary.append(
+                summary_row(
+                    measure,
+                    growth,
+                    "information: Gradio's per-session state, bounded by --max-sessions (see api-capped)",
+                )
+            )
         else:
-            summary.append(summary_row(measure, growth, f"within noise, one allocator step ({s['noise_mib']:.1f} MiB)",
-                                       s["within_noise"]))
-    data = {"benchmark": NAME, "command": command_line("memory.py", argv), "machine": info, "results": results,
-            "summary": summary}
+            summary.append(
+                summary_row(
+                    measure, growth, f"within noise, one allocator step ({s['noise_mib']:.1f} MiB)", s["within_noise"]
+                )
+            )
+    data = {
+        "benchmark": NAME,
+        "command": command_line("memory.py", argv),
+        "machine": info,
+        "results": results,
+        "summary": summary,
+    }
     write_results(args.out, NAME, data, to_markdown)
     return 0
 

@@ -44,8 +44,10 @@ DELAY_TOLERANCE_FRACTION = 0.10
 POLL_S = 0.01
 VARIANTS = {
     "tiny": {"model": "tiny", "label": "tiny model (loads in the background, warm-up on)"},
-    "control": {"model": "/nonexistent/glmimage-benchmark-model",
-                "label": "control: a missing model folder (the loader imports torch and diffusers, then fails)"},
+    "control": {
+        "model": "/nonexistent/glmimage-benchmark-model",
+        "label": "control: a missing model folder (the loader imports torch and diffusers, then fails)",
+    },
 }
 SERVER_ARGS = ("--rate-limit", "0")
 
@@ -76,8 +78,13 @@ def one_start(model: str, timeout: float) -> dict[str, Any]:
         server.stop()
     if page_s is None or model_s is None:
         raise TimeoutError(f"the server did not come up within {timeout:g} s")
-    return {"page_s": page_s, "model_state_at_page": state_at_page, "model_done_s": model_s,
-            "model_final_state": final_state, "others_cpu_share": load.fraction}
+    return {
+        "page_s": page_s,
+        "model_state_at_page": state_at_page,
+        "model_done_s": model_s,
+        "model_final_state": final_state,
+        "others_cpu_share": load.fraction,
+    }
 
 
 def to_markdown(data: dict[str, Any]) -> str:
@@ -94,10 +101,15 @@ def to_markdown(data: dict[str, Any]) -> str:
     ]
     for key, v in r["variants"].items():
         states = ", ".join(f"{state} ×{count}" for state, count in v["model_state_at_page"].items())
-        model = (f"{secs(v['model_done_median_s'])} | {secs(v['model_done_max_s'])}" if key == "tiny"
-                 else "– (fails at once) | –")
-        lines.append(f"| {VARIANTS[key]['label']} | {secs(v['page_median_s'])} | {secs(v['page_min_s'])} | "
-                     f"{secs(v['page_max_s'])} | {model} | {states} |")
+        model = (
+            f"{secs(v['model_done_median_s'])} | {secs(v['model_done_max_s'])}"
+            if key == "tiny"
+            else "– (fails at once) | –"
+        )
+        lines.append(
+            f"| {VARIANTS[key]['label']} | {secs(v['page_median_s'])} | {secs(v['page_min_s'])} | "
+            f"{secs(v['page_max_s'])} | {model} | {states} |"
+        )
     lines += [
         "",
         f"Page within {PAGE_GOAL_S:g} s (median): {yes_no(r['page_goal_met'])}. The model load does not delay the "
@@ -107,7 +119,8 @@ def to_markdown(data: dict[str, Any]) -> str:
         f"{DELAY_TOLERANCE_S:g} s and {DELAY_TOLERANCE_FRACTION:.0%}).",
         "",
         "Others' share of the CPU during each run (the machine may be shared): "
-        + ", ".join(f"{run['others_cpu_share']:.0%}" for v in r["variants"].values() for run in v["runs"]) + ".",
+        + ", ".join(f"{run['others_cpu_share']:.0%}" for v in r["variants"].values() for run in v["runs"])
+        + ".",
         "",
         f"Server command: `{data['server_command']}`",
         "",
@@ -122,9 +135,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     states: dict[str, int] = {}
     for run in runs:
         states[run["model_state_at_page"]] = states.get(run["model_state_at_page"], 0) + 1
-    return {"page_median_s": median(pages), "page_min_s": min(pages), "page_max_s": max(pages),
-            "model_done_median_s": median(models), "model_done_max_s": max(models), "model_state_at_page": states,
-            "runs": runs}
+    return {
+        "page_median_s": median(pages),
+        "page_min_s": min(pages),
+        "page_max_s": max(pages),
+        "model_done_median_s": median(models),
+        "model_done_max_s": max(models),
+        "model_state_at_page": states,
+        "runs": runs,
+    }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -146,32 +165,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         one_start("tiny", args.timeout)
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key in VARIANTS}
     for i in range(args.runs):
-        for key in (("tiny", "control") if i % 2 == 0 else ("control", "tiny")):
+        for key in ("tiny", "control") if i % 2 == 0 else ("control", "tiny"):
             runs[key].append(one_start(VARIANTS[key]["model"], args.timeout))
-        print(f"run {i + 1}/{args.runs}: page {secs(runs['tiny'][-1]['page_s'])} "
-              f"(control {secs(runs['control'][-1]['page_s'])}), model {secs(runs['tiny'][-1]['model_done_s'])}",
-              flush=True)
+        print(
+            f"run {i + 1}/{args.runs}: page {secs(runs['tiny'][-1]['page_s'])} "
+            f"(control {secs(runs['control'][-1]['page_s'])}), model {secs(runs['tiny'][-1]['model_done_s'])}",
+            flush=True,
+        )
     variants = {key: summarize(values) for key, values in runs.items()}
     tiny, control = variants["tiny"], variants["control"]
     delay = tiny["page_median_s"] - control["page_median_s"]
     tolerance = max(DELAY_TOLERANCE_S, DELAY_TOLERANCE_FRACTION * control["page_median_s"])
     page_before_model = all(run["model_state_at_page"] == "loading" for run in tiny["runs"])
-    results = {"runs": args.runs, "warmup_runs": args.warmup_runs, "variants": variants,
-               "page_goal_s": PAGE_GOAL_S, "page_goal_met": tiny["page_median_s"] <= PAGE_GOAL_S,
-               "page_before_model": page_before_model, "load_delay_s": delay, "delay_tolerance_s": tolerance,
-               "no_delay_met": page_before_model and delay <= tolerance}
-    data = {"benchmark": NAME, "command": command_line("startup.py", argv), "machine": info,
-            "server_command": Server(SERVER_ARGS).display_command(), "results": results,
-            "summary": [
-                summary_row("start to page HTTP 200 (median; max)",
-                            f"{secs(tiny['page_median_s'])}; {secs(tiny['page_max_s'])}",
-                            f"≤ {PAGE_GOAL_S:g} s", results["page_goal_met"]),
-                summary_row("start to model ready, tiny with warm-up (median)", secs(tiny["model_done_median_s"])),
-                summary_row("model load delays the page: page up while loading; page minus control",
-                            f"{sum(run['model_state_at_page'] == 'loading' for run in tiny['runs'])}/{args.runs} "
-                            f"runs; {secs(delay)}", f"{args.runs}/{args.runs}; ≤ {secs(tolerance)}",
-                            results["no_delay_met"]),
-            ]}
+    results = {
+        "runs": args.runs,
+        "warmup_runs": args.warmup_runs,
+        "variants": variants,
+        "page_goal_s": PAGE_GOAL_S,
+        "page_goal_met": tiny["page_median_s"] <= PAGE_GOAL_S,
+        "page_before_model": page_before_model,
+        "load_delay_s": delay,
+        "delay_tolerance_s": tolerance,
+        "no_delay_met": page_before_model and delay <= tolerance,
+    }
+    data = {
+        "benchmark": NAME,
+        "command": command_line("startup.py", argv),
+        "machine": info,
+        "server_command": Server(SERVER_ARGS).display_command(),
+        "results": results,
+        "summary": [
+            summary_row(
+                "start to page HTTP 200 (median; max)",
+                f"{secs(tiny['page_median_s'])}; {secs(tiny['page_max_s'])}",
+                f"≤ {PAGE_GOAL_S:g} s",
+                results["page_goal_met"],
+            ),
+            summary_row("start to model ready, tiny with warm-up (median)", secs(tiny["model_done_median_s"])),
+            summary_row(
+                "model load delays the page: page up while loading; page minus control",
+                f"{sum(run['model_state_at_page'] == 'loading' for run in tiny['runs'])}/{args.runs} "
+                f"runs; {secs(delay)}",
+                f"{args.runs}/{args.runs}; ≤ {secs(tolerance)}",
+                results["no_delay_met"],
+            ),
+        ],
+    }
     write_results(args.out, NAME, data, to_markdown)
     return 0
 

@@ -49,8 +49,17 @@ STARVATION_FACTOR = 1.5
 
 
 def server_args(concurrency: int, clients: int) -> tuple[str, ...]:
-    return ("--no-warmup", "--rate-limit", "0", "--max-jobs-per-client", "0", "--concurrency", str(concurrency),
-            "--max-queue", str(max(32, 2 * clients)))
+    return (
+        "--no-warmup",
+        "--rate-limit",
+        "0",
+        "--max-jobs-per-client",
+        "0",
+        "--concurrency",
+        str(concurrency),
+        "--max-queue",
+        str(max(32, 2 * clients)),
+    )
 
 
 def client_loop(url: str, client_id: int, requests: int, start: threading.Barrier, t0: list[float]) -> list[dict]:
@@ -62,9 +71,18 @@ def client_loop(url: str, client_id: int, requests: int, start: threading.Barrie
             begun = time.perf_counter() - t0[0]
             result = generate_http(client, url, session)
             t = result.details["timings"]
-            records.append({"client": client_id, "start_s": begun, "end_s": time.perf_counter() - t0[0],
-                            "latency_s": result.total_s, "queue_s": t["queue_s"], "model_s": t["model_s"],
-                            "save_s": t["save_s"], "images": result.images})
+            records.append(
+                {
+                    "client": client_id,
+                    "start_s": begun,
+                    "end_s": time.perf_counter() - t0[0],
+                    "latency_s": result.total_s,
+                    "queue_s": t["queue_s"],
+                    "model_s": t["model_s"],
+                    "save_s": t["save_s"],
+                    "images": result.images,
+                }
+            )
     return records
 
 
@@ -82,8 +100,9 @@ def run_level(concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
         barrier = threading.Barrier(args.clients, action=all_start)
         load = OtherLoad(psutil.Process(server.proc.pid), psutil.Process())
         with load, concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
-            futures = [pool.submit(client_loop, server.url, i, args.requests, barrier, t0)
-                       for i in range(args.clients)]
+            futures = [
+                pool.submit(client_loop, server.url, i, args.requests, barrier, t0) for i in range(args.clients)
+            ]
             records = [r for f in futures for r in f.result()]
         command = server.display_command()
     wall = max(r["end_s"] for r in records) - min(r["start_s"] for r in records)
@@ -94,15 +113,33 @@ def run_level(concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
     for i in range(args.clients):
         mine = [r for r in records if r["client"] == i]
         waits = [r["queue_s"] for r in mine]
-        per_client.append({"client": i, "requests": len(mine), "images": sum(r["images"] for r in mine),
-                           "mean_wait_s": sum(waits) / len(waits), "max_wait_s": max(waits),
-                           "median_latency_s": median([r["latency_s"] for r in mine])})
-    return {"concurrency": concurrency, "server_command": command, "requests": len(records),
-            "images": sum(r["images"] for r in records), "wall_s": wall,
-            "images_per_s": sum(r["images"] for r in records) / wall, "service_median_s": service,
-            "fair_wait_s": fair, "longest_wait_s": longest, "median_wait_s": median([r["queue_s"] for r in records]),
-            "longest_to_fair": longest / fair, "no_starvation": longest <= STARVATION_FACTOR * fair,
-            "others_cpu_share": load.fraction, "per_client": per_client, "records": records}
+        per_client.append(
+            {
+                "client": i,
+                "requests": len(mine),
+                "images": sum(r["images"] for r in mine),
+                "mean_wait_s": sum(waits) / len(waits),
+                "max_wait_s": max(waits),
+                "median_latency_s": median([r["latency_s"] for r in mine]),
+            }
+        )
+    return {
+        "concurrency": concurrency,
+        "server_command": command,
+        "requests": len(records),
+        "images": sum(r["images"] for r in records),
+        "wall_s": wall,
+        "images_per_s": sum(r["images"] for r in records) / wall,
+        "service_median_s": service,
+        "fair_wait_s": fair,
+        "longest_wait_s": longest,
+        "median_wait_s": median([r["queue_s"] for r in records]),
+        "longest_to_fair": longest / fair,
+        "no_starvation": longest <= STARVATION_FACTOR * fair,
+        "others_cpu_share": load.fraction,
+        "per_client": per_client,
+        "records": records,
+    }
 
 
 def to_markdown(data: dict[str, Any]) -> str:
@@ -119,16 +156,24 @@ def to_markdown(data: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for level in r["levels"]:
-        lines.append(f"| {level['concurrency']} | {level['images_per_s']:.2f} | {ms(level['service_median_s'])} | "
-                     f"{ms(level['median_wait_s'])} | {ms(level['longest_wait_s'])} | {ms(level['fair_wait_s'])} | "
-                     f"{level['longest_to_fair']:.2f} | {yes_no(level['no_starvation'])} | "
-                     f"{level['others_cpu_share']:.0%} |")
-    lines += ["", "Queue wait each client saw (mean / longest):", "",
-              "| Client | " + " | ".join(f"concurrency {level['concurrency']}" for level in r["levels"]) + " |",
-              "|---|" + "---|" * len(r["levels"])]
+        lines.append(
+            f"| {level['concurrency']} | {level['images_per_s']:.2f} | {ms(level['service_median_s'])} | "
+            f"{ms(level['median_wait_s'])} | {ms(level['longest_wait_s'])} | {ms(level['fair_wait_s'])} | "
+            f"{level['longest_to_fair']:.2f} | {yes_no(level['no_starvation'])} | "
+            f"{level['others_cpu_share']:.0%} |"
+        )
+    lines += [
+        "",
+        "Queue wait each client saw (mean / longest):",
+        "",
+        "| Client | " + " | ".join(f"concurrency {level['concurrency']}" for level in r["levels"]) + " |",
+        "|---|" + "---|" * len(r["levels"]),
+    ]
     for i in range(r["clients"]):
-        cells = [f"{ms(level['per_client'][i]['mean_wait_s'])} / {ms(level['per_client'][i]['max_wait_s'])}"
-                 for level in r["levels"]]
+        cells = [
+            f"{ms(level['per_client'][i]['mean_wait_s'])} / {ms(level['per_client'][i]['max_wait_s'])}"
+            for level in r["levels"]
+        ]
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -145,8 +190,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=8, help="clients at once (default 8)")
     p.add_argument("--requests", type=int, default=5, help="requests per client (default 5)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2],
-                   help="the server's --concurrency values to run (default 1 2)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="the server's --concurrency values to run (default 1 2)",
+    )
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds of C calls first (default 2)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the results (default %(default)s)")
     args = p.parse_args(argv)
@@ -161,24 +211,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     levels = []
     for concurrency in args.concurrency:
         levels.append(run_level(concurrency, args))
-        print(f"concurrency {concurrency}: {levels[-1]['images_per_s']:.2f} images/s, longest wait "
-              f"{ms(levels[-1]['longest_wait_s'])} (fair {ms(levels[-1]['fair_wait_s'])})", flush=True)
-    results = {"clients": args.clients, "requests_per_client": args.requests, "warmup": args.warmup,
-               "starvation_factor": STARVATION_FACTOR, "levels": levels}
-    fair_share = ("with N clients each keeping one request in flight, a request joining a first-in-first-out queue "
-                  "waits while the server serves one request of each of the other N-1 clients: fair wait = (N-1) / R, "
-                  "R the requests per second the server completed in the same run (so the concurrency and any slow "
-                  f"generation count). A request starved if its queue wait exceeded {STARVATION_FACTOR:g} × the fair "
-                  "wait.")
+        print(
+            f"concurrency {concurrency}: {levels[-1]['images_per_s']:.2f} images/s, longest wait "
+            f"{ms(levels[-1]['longest_wait_s'])} (fair {ms(levels[-1]['fair_wait_s'])})",
+            flush=True,
+        )
+    results = {
+        "clients": args.clients,
+        "requests_per_client": args.requests,
+        "warmup": args.warmup,
+        "starvation_factor": STARVATION_FACTOR,
+        "levels": levels,
+    }
+    fair_share = (
+        "with N clients each keeping one request in flight, a request joining a first-in-first-out queue "
+        "waits while the server serves one request of each of the other N-1 clients: fair wait = (N-1) / R, "
+        "R the requests per second the server completed in the same run (so the concurrency and any slow "
+        f"generation count). A request starved if its queue wait exceeded {STARVATION_FACTOR:g} × the fair "
+        "wait."
+    )
     summary = []
     for level in levels:
-        summary.append(summary_row(f"{args.clients} clients, concurrency {level['concurrency']}: images/s",
-                                   f"{level['images_per_s']:.2f}"))
-        summary.append(summary_row(f"{args.clients} clients, concurrency {level['concurrency']}: longest wait / "
-                                   "fair share", f"{ms(level['longest_wait_s'])} / {ms(level['fair_wait_s'])}",
-                                   f"≤ {STARVATION_FACTOR:g}× fair share", level["no_starvation"]))
-    data = {"benchmark": NAME, "command": command_line("throughput.py", argv), "machine": info,
-            "fair_share": fair_share, "results": results, "summary": summary}
+        summary.append(
+            summary_row(
+                f"{args.clients} clients, concurrency {level['concurrency']}: images/s", f"{level['images_per_s']:.2f}"
+            )
+        )
+        summary.append(
+            summary_row(
+                f"{args.clients} clients, concurrency {level['concurrency']}: longest wait / fair share",
+                f"{ms(level['longest_wait_s'])} / {ms(level['fair_wait_s'])}",
+                f"≤ {STARVATION_FACTOR:g}× fair share",
+                level["no_starvation"],
+            )
+        )
+    data = {
+        "benchmark": NAME,
+        "command": command_line("throughput.py", argv),
+        "machine": info,
+        "fair_share": fair_share,
+        "results": results,
+        "summary": summary,
+    }
     write_results(args.out, NAME, data, to_markdown)
     return 0
 

@@ -46,16 +46,20 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.dtype == "float16":
-            raise ValueError("--dtype float16 is refused: CogView4 overflows in float16 and draws black images. "
-                             "Use bfloat16 (GPU) or float32.")
+            raise ValueError(
+                "--dtype float16 is refused: CogView4 overflows in float16 and draws black images. "
+                "Use bfloat16 (GPU) or float32."
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
         for name, low in (("concurrency", 1), ("max_queue", 1), ("max_jobs_per_client", 0), ("max_sessions", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least {low} (got {getattr(self, name)})")
         if not 0 < self.session_ttl <= self.file_ttl:
-            raise ValueError(f"--session-ttl ({self.session_ttl:g} s) must be positive and at most --file-ttl "
-                             f"({self.file_ttl:g} s), or history would point at deleted images")
+            raise ValueError(
+                f"--session-ttl ({self.session_ttl:g} s) must be positive and at most --file-ttl "
+                f"({self.file_ttl:g} s), or history would point at deleted images"
+            )
         if not 1 <= self.port <= 65535:
             raise ValueError(f"--port must be from 1 to 65535 (got {self.port})")
         RateLimit.parse(self.rate_limit)
@@ -113,35 +117,54 @@ def build_parser() -> argparse.ArgumentParser:
         "environment variable GLMIMAGE_<OPTION> (e.g. GLMIMAGE_MODEL, GLMIMAGE_CONCURRENCY).",
     )
     model = p.add_argument_group("model")
-    model.add_argument("--model", help=f"hub id (e.g. {DEFAULT_MODEL}), local folder, or 'tiny' (random weights, "
-                       "for testing). Default: the real model when CUDA is available, else tiny")
+    model.add_argument(
+        "--model",
+        help=f"hub id (e.g. {DEFAULT_MODEL}), local folder, or 'tiny' (random weights, "
+        "for testing). Default: the real model when CUDA is available, else tiny",
+    )
     model.add_argument("--dtype", choices=[*DTYPES, "float16"], help="default auto: bfloat16 on CUDA, float32 on CPU")
     model.add_argument("--offload", choices=OFFLOAD_MODES, help="CPU offload for small GPUs (needs CUDA)")
     model.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the transformer")
-    model.add_argument("--cache", action=argparse.BooleanOptionalAction,
-                       help="first-block cache on the transformer (faster, slightly different images)")
+    model.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        help="first-block cache on the transformer (faster, slightly different images)",
+    )
     model.add_argument("--cache-threshold", type=float, help="first-block cache threshold (default 0.12)")
     model.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8 weight-only (torchao) for 12-24 GB cards")
-    model.add_argument("--warmup", action=argparse.BooleanOptionalAction,
-                       help="one small generation at start-up so the first visitor does not pay for it")
+    model.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        help="one small generation at start-up so the first visitor does not pay for it",
+    )
     model.add_argument("--cache-dir", help="where the tiny model is built (default ~/.cache/glmimage)")
     serving = p.add_argument_group("serving")
     serving.add_argument("--host", help="default GRADIO_SERVER_NAME or 127.0.0.1")
     serving.add_argument("--port", type=int, help="default GRADIO_SERVER_PORT or 7860")
     serving.add_argument("--concurrency", type=int, help="generations running at once on the GPU (default 1)")
     serving.add_argument("--max-queue", type=int, help="most jobs waiting in the queue (default 32)")
-    serving.add_argument("--max-jobs-per-client", type=int,
-                         help="most jobs one visitor may have queued or running (default 2, 0 = no limit)")
+    serving.add_argument(
+        "--max-jobs-per-client",
+        type=int,
+        help="most jobs one visitor may have queued or running (default 2, 0 = no limit)",
+    )
     serving.add_argument("--rate-limit", help="generations per visitor, e.g. 6/minute; 0 disables (default 10/minute)")
-    serving.add_argument("--trusted-proxies", help="comma-separated proxy IPs/CIDRs whose X-Forwarded-For is "
-                         "believed (default: none, the header is ignored)")
+    serving.add_argument(
+        "--trusted-proxies",
+        help="comma-separated proxy IPs/CIDRs whose X-Forwarded-For is "
+        "believed (default: none, the header is ignored)",
+    )
     privacy = p.add_argument_group("privacy")
     privacy.add_argument("--max-sessions", type=int, help="most sessions kept in memory (default 2000)")
-    privacy.add_argument("--session-ttl", type=float,
-                         help="seconds a session's history is kept after its last action (default 3600)")
+    privacy.add_argument(
+        "--session-ttl", type=float, help="seconds a session's history is kept after its last action (default 3600)"
+    )
     privacy.add_argument("--file-ttl", type=float, help="seconds a generated image file lives (default 7200)")
-    privacy.add_argument("--log-prompts", action=argparse.BooleanOptionalAction,
-                         help="write prompt text to the server log (default off)")
+    privacy.add_argument(
+        "--log-prompts",
+        action=argparse.BooleanOptionalAction,
+        help="write prompt text to the server log (default off)",
+    )
     return p
 
 

@@ -71,8 +71,9 @@ class GenerationResult:
 class Engine(Protocol):
     """What the UI needs from a backend."""
 
-    def submit(self, request: GenerationRequest, on_step: StepCallback | None = None,
-               should_stop: StopCheck | None = None) -> concurrent.futures.Future[GenerationResult]: ...
+    def submit(
+        self, request: GenerationRequest, on_step: StepCallback | None = None, should_stop: StopCheck | None = None
+    ) -> concurrent.futures.Future[GenerationResult]: ...
 
     def count_tokens(self, text: str) -> int | None: ...
 
@@ -97,12 +98,12 @@ class LocalEngine:
         self.loader = loader
         self.styles = styles
         self.workers = workers
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
-                                                               thread_name_prefix="glmimage-gpu")
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="glmimage-gpu")
         self._local = threading.local()
 
-    def submit(self, request: GenerationRequest, on_step: StepCallback | None = None,
-               should_stop: StopCheck | None = None) -> concurrent.futures.Future[GenerationResult]:
+    def submit(
+        self, request: GenerationRequest, on_step: StepCallback | None = None, should_stop: StopCheck | None = None
+    ) -> concurrent.futures.Future[GenerationResult]:
         return self._executor.submit(self.generate, request, on_step, should_stop)
 
     def count_tokens(self, text: str) -> int | None:
@@ -134,20 +135,25 @@ class LocalEngine:
         """The prompts as text, or, with --compile, as embeddings padded to a fixed bucket of lengths so the
         compiled transformer sees a handful of shapes instead of one per prompt length."""
         if not self.loader.fast.compile:
-            return {"prompt": final.prompt, "negative_prompt": final.negative_prompt or None,
-                    "num_images_per_prompt": num_images}
+            return {
+                "prompt": final.prompt,
+                "negative_prompt": final.negative_prompt or None,
+                "num_images_per_prompt": num_images,
+            }
         device, dtype = pipe._execution_device, pipe.transformer.dtype
         # One row per image for both (the pipeline repeats prompt_embeds per image but not negative_prompt_embeds,
         # and wants equal batches); the latents come out the same as with num_images_per_prompt.
         return {
             "prompt_embeds": bucketed_prompt_embeds(pipe, [final.prompt], device, dtype).repeat(num_images, 1, 1),
             "negative_prompt_embeds": bucketed_prompt_embeds(pipe, [final.negative_prompt], device, dtype).repeat(
-                num_images, 1, 1),
+                num_images, 1, 1
+            ),
             "num_images_per_prompt": 1,
         }
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
-                 should_stop: StopCheck | None = None) -> GenerationResult:
+    def generate(
+        self, request: GenerationRequest, on_step: StepCallback | None = None, should_stop: StopCheck | None = None
+    ) -> GenerationResult:
         """Run one request to the end (or to a stop); always on a worker thread of this engine."""
         import torch
 

@@ -75,6 +75,7 @@ def load_translations(folder: Path = ASSETS_DIR / "i18n") -> Translator:
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"i18n/{lang}.json: key {key!r} has no text")
             if _fields(text) != _fields(reference[key]):
-                raise ValueError(f"i18n/{lang}.json: key {key!r} has placeholders {_fields(text)}, en has "
-                                 f"{_fields(reference[key])}")
+                raise ValueError(
+                    f"i18n/{lang}.json: key {key!r} has placeholders {_fields(text)}, en has {_fields(reference[key])}"
+                )
     return Translator(tables)

@@ -67,10 +67,20 @@ def failure_key(exc: BaseException, model: str) -> str:
     if "OutOfMemory" in text or "out of memory" in text.lower():
         return "load.oom"
     looks_like_path = model.startswith((".", "/", "~")) or model.count("/") != 1  # a hub id is "org/name"
-    hub_words = ("LocalEntryNotFound", "OfflineModeIsEnabled", "ConnectError", "ConnectionError", "MaxRetryError",
-                 "Name or service not known", "Temporary failure in name resolution", "offline", "huggingface.co",
-                 # diffusers' own words for a hub id that is not cached while HF_HUB_OFFLINE=1
-                 "not fully cached locally", "outgoing traffic has been disabled")
+    hub_words = (
+        "LocalEntryNotFound",
+        "OfflineModeIsEnabled",
+        "ConnectError",
+        "ConnectionError",
+        "MaxRetryError",
+        "Name or service not known",
+        "Temporary failure in name resolution",
+        "offline",
+        "huggingface.co",
+        # diffusers' own words for a hub id that is not cached while HF_HUB_OFFLINE=1
+        "not fully cached locally",
+        "outgoing traffic has been disabled",
+    )
     # Checked before the path test: huggingface_hub's LocalEntryNotFoundError is also a FileNotFoundError.
     if not looks_like_path and any(word in text for word in hub_words):
         return "load.no_hub"
@@ -84,8 +94,15 @@ def failure_key(exc: BaseException, model: str) -> str:
 class PipelineLoader:
     """Loads the pipeline once on a background thread; ``wait()`` hands the same object to every caller."""
 
-    def __init__(self, model: str | None, dtype: str = "auto", fast: FastPaths | None = None, *,
-                 warmup: bool = True, cache_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str | None,
+        dtype: str = "auto",
+        fast: FastPaths | None = None,
+        *,
+        warmup: bool = True,
+        cache_dir: str | None = None,
+    ) -> None:
         self.requested_model = model
         self.requested_dtype = dtype
         # Known once the loading thread has imported torch (so the page does not wait for that import).
@@ -134,8 +151,11 @@ class PipelineLoader:
         self.dtype_name = choose_dtype(self.requested_dtype, self.device.type)
         self.choice = choose_model(self.requested_model, cuda)
         if self.choice.auto_tiny:
-            log.warning("no CUDA GPU found: starting on the tiny test model (random weights, draws noise). "
-                        "Pass --model %s to force the real one.", DEFAULT_MODEL)
+            log.warning(
+                "no CUDA GPU found: starting on the tiny test model (random weights, draws noise). "
+                "Pass --model %s to force the real one.",
+                DEFAULT_MODEL,
+            )
 
     def _load(self) -> None:
         started = time.perf_counter()
@@ -143,8 +163,13 @@ class PipelineLoader:
             self._resolve()
             self._pipe = self.load_pipeline()
             self.load_seconds = time.perf_counter() - started
-            log.info("model %s ready on %s (%s) in %.1f s", self.choice.name, self.device, self.dtype_name,
-                     self.load_seconds)
+            log.info(
+                "model %s ready on %s (%s) in %.1f s",
+                self.choice.name,
+                self.device,
+                self.dtype_name,
+                self.load_seconds,
+            )
             self.state = ModelState.READY
         except BaseException as exc:  # noqa: BLE001 - any failure is reported, and the server stays up
             self.error_key = failure_key(exc, self.model_name)
@@ -166,7 +191,13 @@ class PipelineLoader:
         prepare_pipeline(pipe, self.device, self.fast)
         if self.warmup:
             warm_started = time.perf_counter()
-            pipe("warm-up", width=512, height=512, num_inference_steps=2, guidance_scale=1.0,
-                 generator=torch.Generator("cpu").manual_seed(0))
+            pipe(
+                "warm-up",
+                width=512,
+                height=512,
+                num_inference_steps=2,
+                guidance_scale=1.0,
+                generator=torch.Generator("cpu").manual_seed(0),
+            )
             log.info("warm-up generation took %.1f s", time.perf_counter() - warm_started)
         return pipe

@@ -54,7 +54,9 @@ def _text(field: str, value: object, *, required: bool) -> str:
         raise InputError(
             "error.text_too_long",
             f"{field} is too long: {len(value)} characters, at most {limits.MAX_PROMPT_CHARS}.",
-            field=field, length=len(value), max=limits.MAX_PROMPT_CHARS,
+            field=field,
+            length=len(value),
+            max=limits.MAX_PROMPT_CHARS,
         )
     # Control characters (a NUL byte, escape sequences) are never part of a description; tabs and newlines are.
     # A lone surrogate (JSON "\ud800") is no character at all: the tokenizer and UTF-8 files refuse it.
@@ -68,41 +70,84 @@ def _text(field: str, value: object, *, required: bool) -> str:
 def _integer(field: str, value: object, low: int, high: int) -> int:
     """A whole number in [low, high]; 512.0 is accepted (JSON has one number type), 512.5 and True are not."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError("error.not_integer", f"{field} must be a whole number from {low} to {high}.",
-                         field=field, min=low, max=high)
+        raise InputError(
+            "error.not_integer",
+            f"{field} must be a whole number from {low} to {high}.",
+            field=field,
+            min=low,
+            max=high,
+        )
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-        raise InputError("error.not_integer", f"{field} must be a whole number from {low} to {high}.",
-                         field=field, min=low, max=high)
+        raise InputError(
+            "error.not_integer",
+            f"{field} must be a whole number from {low} to {high}.",
+            field=field,
+            min=low,
+            max=high,
+        )
     number = int(value)
     if not low <= number <= high:
-        raise InputError("error.out_of_range", f"{field} must be from {low} to {high} (got {number}).",
-                         field=field, min=low, max=high, value=number)
+        raise InputError(
+            "error.out_of_range",
+            f"{field} must be from {low} to {high} (got {number}).",
+            field=field,
+            min=low,
+            max=high,
+            value=number,
+        )
     return number
 
 
 def _number(field: str, value: object, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError("error.not_number", f"{field} must be a finite number from {low} to {high}.",
-                         field=field, min=low, max=high)
+        raise InputError(
+            "error.not_number",
+            f"{field} must be a finite number from {low} to {high}.",
+            field=field,
+            min=low,
+            max=high,
+        )
     if not low <= value <= high:
-        raise InputError("error.out_of_range", f"{field} must be from {low} to {high} (got {value}).",
-                         field=field, min=low, max=high, value=value)
+        raise InputError(
+            "error.out_of_range",
+            f"{field} must be from {low} to {high} (got {value}).",
+            field=field,
+            min=low,
+            max=high,
+            value=value,
+        )
     return float(value)
 
 
 def _size(width: int, height: int) -> None:
     problem = size_problem(width, height)
     if problem == "error.side_range":
-        raise InputError(problem, f"width and height must be from {limits.MIN_SIDE} to {limits.MAX_SIDE} pixels "
-                         f"(got {width}×{height}).", width=width, height=height, min=limits.MIN_SIDE,
-                         max=limits.MAX_SIDE)
+        raise InputError(
+            problem,
+            f"width and height must be from {limits.MIN_SIDE} to {limits.MAX_SIDE} pixels (got {width}×{height}).",
+            width=width,
+            height=height,
+            min=limits.MIN_SIDE,
+            max=limits.MAX_SIDE,
+        )
     if problem == "error.side_multiple":
-        raise InputError(problem, f"width and height must be multiples of {limits.SIDE_MULTIPLE} "
-                         f"(got {width}×{height}).", width=width, height=height, multiple=limits.SIDE_MULTIPLE)
+        raise InputError(
+            problem,
+            f"width and height must be multiples of {limits.SIDE_MULTIPLE} (got {width}×{height}).",
+            width=width,
+            height=height,
+            multiple=limits.SIDE_MULTIPLE,
+        )
     if problem == "error.too_many_pixels":
-        raise InputError(problem, f"width × height must be at most {limits.MAX_PIXELS:,} pixels "
-                         f"(got {width}×{height} = {width * height:,}).", width=width, height=height,
-                         max_pixels=limits.MAX_PIXELS, pixels=width * height)
+        raise InputError(
+            problem,
+            f"width × height must be at most {limits.MAX_PIXELS:,} pixels "
+            f"(got {width}×{height} = {width * height:,}).",
+            width=width,
+            height=height,
+            max_pixels=limits.MAX_PIXELS,
+            pixels=width * height,
+        )
 
 
 def validate_request(
@@ -122,8 +167,9 @@ def validate_request(
     prompt_text = _text("prompt", prompt, required=True)
     negative_text = _text("negative_prompt", negative_prompt, required=False)
     if not isinstance(style, str) or style not in styles:
-        raise InputError("error.unknown_style", f"Unknown style {str(style)[:40]!r}: choose one of the list.",
-                         style=str(style)[:40])
+        raise InputError(
+            "error.unknown_style", f"Unknown style {str(style)[:40]!r}: choose one of the list.", style=str(style)[:40]
+        )
     width_px = _integer("width", width, limits.MIN_SIDE, limits.MAX_SIDE)
     height_px = _integer("height", height, limits.MIN_SIDE, limits.MAX_SIDE)
     _size(width_px, height_px)
@@ -133,15 +179,21 @@ def validate_request(
         raise InputError("error.not_boolean", "randomize_seed must be true or false.", field="randomize_seed")
     steps = _integer("num_inference_steps", num_inference_steps, limits.MIN_STEPS, limits.MAX_STEPS)
     guidance = _number("guidance_scale", guidance_scale, limits.MIN_GUIDANCE, limits.MAX_GUIDANCE)
-    return GenerationRequest(prompt_text, negative_text, style, width_px, height_px, images, seed_value,
-                             randomize_seed, steps, guidance)
+    return GenerationRequest(
+        prompt_text, negative_text, style, width_px, height_px, images, seed_value, randomize_seed, steps, guidance
+    )
 
 
 def check_token_count(field: str, tokens: int) -> None:
     """Refuse a prompt longer than CogView4 reads, instead of letting the pipeline cut it silently."""
     if tokens > limits.MAX_PROMPT_TOKENS:
-        raise InputError("error.too_many_tokens", f"{field} is too long: {tokens} tokens, the model reads at most "
-                         f"{limits.MAX_PROMPT_TOKENS}.", field=field, tokens=tokens, max=limits.MAX_PROMPT_TOKENS)
+        raise InputError(
+            "error.too_many_tokens",
+            f"{field} is too long: {tokens} tokens, the model reads at most {limits.MAX_PROMPT_TOKENS}.",
+            field=field,
+            tokens=tokens,
+            max=limits.MAX_PROMPT_TOKENS,
+        )
 
 
 def check_prompt_tokens(prompt: str, negative_prompt: str, count_tokens: Callable[[str], int | None]) -> None:

@@ -39,8 +39,9 @@ def load_examples(styles_ids: Sequence[str], path: Path = ASSETS_DIR / "examples
     examples = json.loads(path.read_text(encoding="utf-8"))
     for example in examples:
         if example["style"] not in styles_ids:
-            raise ValueError(f"{path.name}: example {example['prompt'][:30]!r} names an unknown style "
-                             f"{example['style']!r}")
+            raise ValueError(
+                f"{path.name}: example {example['prompt'][:30]!r} names an unknown style {example['style']!r}"
+            )
     return examples
 
 
@@ -67,12 +68,21 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     presets = load_size_presets()
     examples = load_examples(styles.ids)
     enhancer_config = EnhancerConfig.from_env()
-    loader = PipelineLoader(settings.model, settings.dtype, settings.fast_paths, warmup=settings.warmup,
-                            cache_dir=settings.cache_dir).start()
+    loader = PipelineLoader(
+        settings.model, settings.dtype, settings.fast_paths, warmup=settings.warmup, cache_dir=settings.cache_dir
+    ).start()
     engine = engine_factory(loader, styles, settings.concurrency)
-    parts = AppParts(settings=settings, loader=loader, engine=engine, styles=styles, translator=translator,
-                     presets=presets, examples=examples, files_root=files_folder(),
-                     enhancer=PromptEnhancer(enhancer_config) if enhancer_config else None)
+    parts = AppParts(
+        settings=settings,
+        loader=loader,
+        engine=engine,
+        styles=styles,
+        translator=translator,
+        presets=presets,
+        examples=examples,
+        files_root=files_folder(),
+        enhancer=PromptEnhancer(enhancer_config) if enhancer_config else None,
+    )
     i18n = make_i18n(translator, styles)
     demo = build_demo(parts, i18n)
     # api_open=False: otherwise POST /gradio_api/run/<name> skips the queue and its concurrency limit.

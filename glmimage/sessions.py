@@ -135,8 +135,11 @@ class Session:
 
     def log_json(self) -> str:
         self._begin()
-        return json.dumps({"session_started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
-                           "events": self.log}, ensure_ascii=False, indent=2)
+        return json.dumps(
+            {"session_started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)), "events": self.log},
+            ensure_ascii=False,
+            indent=2,
+        )
 
 
 def _without_prompts(details: dict[str, Any]) -> dict[str, Any]:

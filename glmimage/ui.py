@@ -88,8 +88,9 @@ class Texts:
 
 def _client_of(request: Any, settings: Settings) -> str:
     client = getattr(request, "client", None)
-    return client_ip(getattr(client, "host", None), dict(getattr(request, "headers", {}) or {}),
-                     settings.trusted_proxy_list)
+    return client_ip(
+        getattr(client, "host", None), dict(getattr(request, "headers", {}) or {}), settings.trusted_proxy_list
+    )
 
 
 def _jobs_of_client(demo: gr.Blocks, client: str, settings: Settings) -> int:
@@ -99,8 +100,11 @@ def _jobs_of_client(demo: gr.Blocks, client: str, settings: Settings) -> int:
         return 0
     events = [e for q in queue.event_queue_per_concurrency_id.values() for e in q.queue]
     events += [e for job in queue.active_jobs if job for e in job]
-    return sum(1 for e in events if getattr(e.fn, "api_name", None) == "generate"
-               and _client_of(e.request, settings) == client)
+    return sum(
+        1
+        for e in events
+        if getattr(e.fn, "api_name", None) == "generate" and _client_of(e.request, settings) == client
+    )
 
 
 def _client_gone(demo: gr.Blocks, session_hash: str | None) -> bool:
@@ -180,85 +184,167 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
     texts = Texts(translator)
     service = GenerationService(settings, parts.engine, styles, lambda: parts.loader.model_name)
     preset_by_label = {p.label: p for p in parts.presets}
-    default_preset = next(p.label for p in parts.presets if (p.width, p.height) == (limits.DEFAULT_WIDTH,
-                                                                                       limits.DEFAULT_HEIGHT))
+    default_preset = next(
+        p.label for p in parts.presets if (p.width, p.height) == (limits.DEFAULT_WIDTH, limits.DEFAULT_HEIGHT)
+    )
     files_root = str(parts.files_root)
 
-    with gr.Blocks(title="GLM Image", analytics_enabled=False,
-                   delete_cache=(max(60, int(settings.file_ttl // 4)), int(settings.file_ttl))) as demo:
+    with gr.Blocks(
+        title="GLM Image",
+        analytics_enabled=False,
+        delete_cache=(max(60, int(settings.file_ttl // 4)), int(settings.file_ttl)),
+    ) as demo:
         # A plain default (not a callable, which Gradio would expose as a public load endpoint); Gradio gives
         # every visit its own deep copy.
-        session_state = gr.State(value=Session(files_root), time_to_live=settings.session_ttl,
-                                 delete_callback=dispose_session)
+        session_state = gr.State(
+            value=Session(files_root), time_to_live=settings.session_ttl, delete_callback=dispose_session
+        )
         gr.Markdown(i18n("app.header"), elem_id="header")
         model_status = gr.Markdown(elem_id="model-status")
         status_timer = gr.Timer(1.0)
 
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=320):
-                prompt = gr.Textbox(label=i18n("label.prompt"), placeholder=i18n("placeholder.prompt"), lines=3,
-                                    max_lines=10, elem_id="prompt")
+                prompt = gr.Textbox(
+                    label=i18n("label.prompt"),
+                    placeholder=i18n("placeholder.prompt"),
+                    lines=3,
+                    max_lines=10,
+                    elem_id="prompt",
+                )
                 with gr.Row(elem_id="generate-row"):
                     run = gr.Button(i18n("button.generate"), variant="primary", scale=3, elem_id="generate")
                     stop = gr.Button(i18n("button.stop"), variant="stop", scale=1, elem_id="stop")
-                enhance = gr.Button(i18n("button.enhance"), size="sm", visible=parts.enhancer is not None,
-                                    elem_id="enhance")
-                style = gr.Dropdown(choices=[(i18n(f"style.{sid}"), sid) for sid in styles.ids], value=NO_STYLE,
-                                    label=i18n("label.style"), elem_id="style")
-                size_preset = gr.Dropdown(choices=[*preset_by_label, (i18n("size.custom"), CUSTOM_SIZE)],
-                                          value=default_preset,
-                                          label=i18n("label.size"), elem_id="size-preset")
+                enhance = gr.Button(
+                    i18n("button.enhance"), size="sm", visible=parts.enhancer is not None, elem_id="enhance"
+                )
+                style = gr.Dropdown(
+                    choices=[(i18n(f"style.{sid}"), sid) for sid in styles.ids],
+                    value=NO_STYLE,
+                    label=i18n("label.style"),
+                    elem_id="style",
+                )
+                size_preset = gr.Dropdown(
+                    choices=[*preset_by_label, (i18n("size.custom"), CUSTOM_SIZE)],
+                    value=default_preset,
+                    label=i18n("label.size"),
+                    elem_id="size-preset",
+                )
                 with gr.Row():
-                    width = gr.Number(value=limits.DEFAULT_WIDTH, step=limits.SIDE_MULTIPLE,
-                                      label=i18n("label.width"), elem_id="width", min_width=120)
-                    height = gr.Number(value=limits.DEFAULT_HEIGHT, step=limits.SIDE_MULTIPLE,
-                                       label=i18n("label.height"), elem_id="height", min_width=120)
+                    width = gr.Number(
+                        value=limits.DEFAULT_WIDTH,
+                        step=limits.SIDE_MULTIPLE,
+                        label=i18n("label.width"),
+                        elem_id="width",
+                        min_width=120,
+                    )
+                    height = gr.Number(
+                        value=limits.DEFAULT_HEIGHT,
+                        step=limits.SIDE_MULTIPLE,
+                        label=i18n("label.height"),
+                        elem_id="height",
+                        min_width=120,
+                    )
                 gr.Markdown(i18n("info.size"), elem_classes="glm-note")
-                num_images = gr.Slider(limits.MIN_IMAGES, limits.MAX_IMAGES, value=limits.DEFAULT_NUM_IMAGES,
-                                       step=1, label=i18n("label.num_images"), elem_id="num-images")
+                num_images = gr.Slider(
+                    limits.MIN_IMAGES,
+                    limits.MAX_IMAGES,
+                    value=limits.DEFAULT_NUM_IMAGES,
+                    step=1,
+                    label=i18n("label.num_images"),
+                    elem_id="num-images",
+                )
                 with gr.Accordion(i18n("label.advanced"), open=False, elem_id="advanced"):
-                    negative_prompt = gr.Textbox(label=i18n("label.negative_prompt"), lines=2,
-                                                 placeholder=i18n("placeholder.negative_prompt"),
-                                                 elem_id="negative-prompt")
+                    negative_prompt = gr.Textbox(
+                        label=i18n("label.negative_prompt"),
+                        lines=2,
+                        placeholder=i18n("placeholder.negative_prompt"),
+                        elem_id="negative-prompt",
+                    )
                     with gr.Row():
                         seed = gr.Number(value=0, step=1, label=i18n("label.seed"), elem_id="seed", min_width=120)
-                        randomize_seed = gr.Checkbox(value=True, label=i18n("label.randomize_seed"),
-                                                     elem_id="randomize-seed")
-                    steps = gr.Slider(limits.MIN_STEPS, limits.MAX_STEPS, value=limits.DEFAULT_STEPS, step=1,
-                                      label=i18n("label.steps"), elem_id="steps")
-                    guidance = gr.Slider(limits.MIN_GUIDANCE, limits.MAX_GUIDANCE, value=limits.DEFAULT_GUIDANCE,
-                                         step=0.1, label=i18n("label.guidance"), elem_id="guidance")
+                        randomize_seed = gr.Checkbox(
+                            value=True, label=i18n("label.randomize_seed"), elem_id="randomize-seed"
+                        )
+                    steps = gr.Slider(
+                        limits.MIN_STEPS,
+                        limits.MAX_STEPS,
+                        value=limits.DEFAULT_STEPS,
+                        step=1,
+                        label=i18n("label.steps"),
+                        elem_id="steps",
+                    )
+                    guidance = gr.Slider(
+                        limits.MIN_GUIDANCE,
+                        limits.MAX_GUIDANCE,
+                        value=limits.DEFAULT_GUIDANCE,
+                        step=0.1,
+                        label=i18n("label.guidance"),
+                        elem_id="guidance",
+                    )
                 with gr.Accordion(i18n("label.preview"), open=False, elem_id="preview"):
-                    final_prompt = gr.Textbox(label=i18n("label.final_prompt"), interactive=False, lines=2,
-                                              elem_id="final-prompt")
-                    final_negative = gr.Textbox(label=i18n("label.final_negative_prompt"), interactive=False,
-                                                elem_id="final-negative-prompt")
+                    final_prompt = gr.Textbox(
+                        label=i18n("label.final_prompt"), interactive=False, lines=2, elem_id="final-prompt"
+                    )
+                    final_negative = gr.Textbox(
+                        label=i18n("label.final_negative_prompt"), interactive=False, elem_id="final-negative-prompt"
+                    )
             with gr.Column(scale=6, min_width=320):
-                gallery = gr.Gallery(label=i18n("label.result"), columns=2, height=520, object_fit="contain",
-                                     format="png", elem_id="result", interactive=False)
+                gallery = gr.Gallery(
+                    label=i18n("label.result"),
+                    columns=2,
+                    height=520,
+                    object_fit="contain",
+                    format="png",
+                    elem_id="result",
+                    interactive=False,
+                )
                 timings = gr.Markdown(i18n("timings.empty"), elem_id="timings")
-                seed_used = gr.Number(value=None, label=i18n("label.seed_used"), interactive=False,
-                                      elem_id="seed-used")
+                seed_used = gr.Number(
+                    value=None, label=i18n("label.seed_used"), interactive=False, elem_id="seed-used"
+                )
                 with gr.Accordion(i18n("label.details"), open=False):
                     details = gr.JSON(label=i18n("label.details"), elem_id="details")
 
         # The Size box follows an example too, so it never names a preset the example's size is not.
         preset_of_size = {(p.width, p.height): p.label for p in parts.presets}
-        examples_data = [[e["prompt"], e["style"], e["width"], e["height"],
-                          preset_of_size.get((e["width"], e["height"]), CUSTOM_SIZE)] for e in parts.examples]
+        examples_data = [
+            [
+                e["prompt"],
+                e["style"],
+                e["width"],
+                e["height"],
+                preset_of_size.get((e["width"], e["height"]), CUSTOM_SIZE),
+            ]
+            for e in parts.examples
+        ]
         # Labels instead of a table: Gradio does not translate a table's headers or the style names in it.
         # Size first: Gradio shortens a long label at its end.
         example_labels = [f"{e['width']}×{e['height']} · {e['prompt']}" for e in parts.examples]
-        gr.Examples(examples=examples_data, inputs=[prompt, style, width, height, size_preset], cache_examples=False,
-                    label=i18n("label.examples"), examples_per_page=10, example_labels=example_labels,
-                    elem_id="examples")
+        gr.Examples(
+            examples=examples_data,
+            inputs=[prompt, style, width, height, size_preset],
+            cache_examples=False,
+            label=i18n("label.examples"),
+            examples_per_page=10,
+            example_labels=example_labels,
+            elem_id="examples",
+        )
 
         with gr.Accordion(i18n("label.history"), open=True, elem_id="history-section"):
             gr.Markdown(i18n("history.note"), elem_classes="glm-note")
             # Shown once there is something in it: an empty gallery box looks broken.
             history_empty = gr.Markdown(i18n("history.empty"), elem_id="history-empty")
-            history = gr.Gallery(label=i18n("label.history"), columns=6, height=240, allow_preview=False,
-                                 elem_id="history", interactive=False, fit_columns=False, visible=False)
+            history = gr.Gallery(
+                label=i18n("label.history"),
+                columns=6,
+                height=240,
+                allow_preview=False,
+                elem_id="history",
+                interactive=False,
+                fit_columns=False,
+                visible=False,
+            )
             with gr.Row():
                 clear_history = gr.Button(i18n("button.clear_history"), size="sm", elem_id="clear-history")
                 reset_session = gr.Button(i18n("button.new_session"), size="sm", elem_id="new-session")
@@ -268,13 +354,28 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             log_download = gr.DownloadButton(i18n("button.download_log"), size="sm", elem_id="download-log")
         with gr.Accordion(i18n("label.privacy"), open=False, elem_id="privacy-section"):
             privacy_notice = gr.Markdown(elem_id="privacy-notice")
-            keep_history = gr.Checkbox(value=True, label=i18n("label.keep_history"), info=i18n("info.keep_history"),
-                                       elem_id="keep-history")
-            embed_metadata = gr.Checkbox(value=True, label=i18n("label.embed_metadata"),
-                                         info=i18n("info.embed_metadata"), elem_id="embed-metadata")
+            keep_history = gr.Checkbox(
+                value=True, label=i18n("label.keep_history"), info=i18n("info.keep_history"), elem_id="keep-history"
+            )
+            embed_metadata = gr.Checkbox(
+                value=True,
+                label=i18n("label.embed_metadata"),
+                info=i18n("info.embed_metadata"),
+                elem_id="embed-metadata",
+            )
 
-        request_inputs = [prompt, negative_prompt, style, width, height, num_images, seed, randomize_seed, steps,
-                          guidance]
+        request_inputs = [
+            prompt,
+            negative_prompt,
+            style,
+            width,
+            height,
+            num_images,
+            seed,
+            randomize_seed,
+            steps,
+            guidance,
+        ]
 
         # ---- model status -------------------------------------------------------------------------------
         def show_status(request: gr.Request) -> tuple[str, gr.Timer, str]:
@@ -289,52 +390,101 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 text = translator.t("status.failed", lang, reason=translator.t(loader.error_key, lang))
             if loader.choice is not None and loader.choice.is_tiny:
                 text += "\n\n" + translator.t("status.auto_tiny" if loader.choice.auto_tiny else "status.tiny", lang)
-            notice = translator.t("privacy.notice", lang, session_ttl=round(settings.session_ttl / 60),
-                                  file_ttl=round(settings.file_ttl / 60))
+            notice = translator.t(
+                "privacy.notice",
+                lang,
+                session_ttl=round(settings.session_ttl / 60),
+                file_ttl=round(settings.file_ttl / 60),
+            )
             notice += " " + translator.t("privacy.log_on" if settings.log_prompts else "privacy.log_off", lang)
             if parts.enhancer is not None:
                 notice += " " + translator.t("privacy.enhancer", lang)
             return text, gr.Timer(active=loader.state is ModelState.LOADING), notice
 
         status_outputs = [model_status, status_timer, privacy_notice]
-        demo.load(show_status, None, status_outputs, api_visibility="private", concurrency_limit=None,
-                  show_progress="hidden")
-        status_timer.tick(show_status, None, status_outputs, api_visibility="private", concurrency_limit=None,
-                          show_progress="hidden")
+        demo.load(
+            show_status, None, status_outputs, api_visibility="private", concurrency_limit=None, show_progress="hidden"
+        )
+        status_timer.tick(
+            show_status, None, status_outputs, api_visibility="private", concurrency_limit=None, show_progress="hidden"
+        )
 
         # ---- generation ---------------------------------------------------------------------------------
-        async def check(prompt: Any, negative_prompt: Any, style: Any, width: Any, height: Any, num_images: Any,
-                        seed: Any, randomize_seed: Any, num_inference_steps: Any, guidance_scale: Any,
-                        session: Session, request: gr.Request) -> Any:
+        async def check(
+            prompt: Any,
+            negative_prompt: Any,
+            style: Any,
+            width: Any,
+            height: Any,
+            num_images: Any,
+            seed: Any,
+            randomize_seed: Any,
+            num_inference_steps: Any,
+            guidance_scale: Any,
+            session: Session,
+            request: gr.Request,
+        ) -> Any:
             """Runs before the job may join the queue: bad input and floods never reach the GPU.
 
             ``async`` (it never waits): it then runs on the event loop between Gradio's --max-queue check and the
             job's append, so simultaneous requests cannot all pass both caps at once (on worker threads, 30 at
             once put 28 jobs into a queue of 4)."""
-            raw = dict(prompt=prompt, negative_prompt=negative_prompt, style=style, width=width, height=height,
-                       num_images=num_images, seed=seed, randomize_seed=randomize_seed,
-                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+            raw = dict(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                style=style,
+                width=width,
+                height=height,
+                num_images=num_images,
+                seed=seed,
+                randomize_seed=randomize_seed,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+            )
             client = _client_of(request, settings)
             try:
-                service.admit(raw, client, request.session_hash or client,
-                              _jobs_of_client(demo, client, settings), session)
+                service.admit(
+                    raw, client, request.session_hash or client, _jobs_of_client(demo, client, settings), session
+                )
             except (InputError, Refused) as exc:
                 # One result per input: the message shows on the field at fault (the prompt for limits).
-                field = exc.params.get("field") or ("width" if "width" in exc.params else
-                                                    "style" if exc.key == "error.unknown_style" else "prompt")
+                field = exc.params.get("field") or (
+                    "width" if "width" in exc.params else "style" if exc.key == "error.unknown_style" else "prompt"
+                )
                 message = texts(exc.key, _lang(request), **exc.params)
                 return [gr.validate(name != field, message if name == field else "") for name in API_FIELDS] + [None]
             request.request.state.glmimage_enqueued_at = time.monotonic()
             return [gr.validate(True, "")] * len(API_FIELDS) + [None]
 
-        def generate(prompt: str, negative_prompt: str, style: str, width: int, height: int, num_images: int,
-                     seed: int, randomize_seed: bool, num_inference_steps: int, guidance_scale: float,
-                     session: Session, request: gr.Request, progress: gr.Progress = PROGRESS) -> Any:
+        def generate(
+            prompt: str,
+            negative_prompt: str,
+            style: str,
+            width: int,
+            height: int,
+            num_images: int,
+            seed: int,
+            randomize_seed: bool,
+            num_inference_steps: int,
+            guidance_scale: float,
+            session: Session,
+            request: gr.Request,
+            progress: gr.Progress = PROGRESS,
+        ) -> Any:
             """Generate images; returns them, the seed used, and the parameters with timings."""
             lang = _lang(request)
-            raw = dict(prompt=prompt, negative_prompt=negative_prompt, style=style, width=width, height=height,
-                       num_images=num_images, seed=seed, randomize_seed=randomize_seed,
-                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+            raw = dict(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                style=style,
+                width=width,
+                height=height,
+                num_images=num_images,
+                seed=seed,
+                randomize_seed=randomize_seed,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+            )
             enqueued = getattr(request.request.state, "glmimage_enqueued_at", time.monotonic())
             queue_s = time.monotonic() - enqueued
             try:
@@ -344,57 +494,93 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 # variables, which a plain call from that thread would not see (the page showed no steps).
                 event_context = contextvars.copy_context()
                 outcome = service.run(
-                    req, session, queue_s,
+                    req,
+                    session,
+                    queue_s,
                     on_step=lambda done, total: event_context.run(
-                        progress, (done, total), desc=translator.t("status.progress", lang)),
-                    should_stop=lambda: session.stop_requested_at >= enqueued - 0.001
-                    or _client_gone(demo, request.session_hash),
+                        progress, (done, total), desc=translator.t("status.progress", lang)
+                    ),
+                    should_stop=lambda: (
+                        session.stop_requested_at >= enqueued - 0.001 or _client_gone(demo, request.session_hash)
+                    ),
                 )
             except InputError as exc:
-                raise gr.Error(texts(exc.key, lang, **exc.params), title=texts("error.title", lang),
-                               print_exception=False) from None
+                raise gr.Error(
+                    texts(exc.key, lang, **exc.params), title=texts("error.title", lang), print_exception=False
+                ) from None
             except EngineError as exc:
                 if exc.key == "status.stopped":
                     gr.Info(texts(exc.key, lang, **exc.params))
                     return gr.skip(), gr.skip(), gr.skip(), session
                 if exc.key.startswith("load."):
-                    raise gr.Error(texts("error.model_unavailable", lang, reason=texts(exc.key, lang)),
-                                   print_exception=False) from None
-                raise gr.Error(texts(exc.key, lang, **exc.params), title=texts("error.title", lang),
-                               print_exception=False) from None
+                    raise gr.Error(
+                        texts("error.model_unavailable", lang, reason=texts(exc.key, lang)), print_exception=False
+                    ) from None
+                raise gr.Error(
+                    texts(exc.key, lang, **exc.params), title=texts("error.title", lang), print_exception=False
+                ) from None
             return outcome.files, outcome.seed, outcome.details, session
 
         def after_generation(session: Session, details: dict | None, request: gr.Request) -> tuple:
             lang = _lang(request)
-            line = translator.t("timings.line", lang, seed=details["seed"], **details["timings"]) if details \
+            line = (
+                translator.t("timings.line", lang, seed=details["seed"], **details["timings"])
+                if details
                 else gr.skip()
+            )
             return (line, *_history_and_log(session))
 
         def _history_and_log(session: Session) -> tuple:
-            items = [(entry.files[0], f"#{entry.seed} · {entry.request['prompt'][:60]}") for entry in session.history
-                     if entry.files]
+            items = [
+                (entry.files[0], f"#{entry.seed} · {entry.request['prompt'][:60]}")
+                for entry in session.history
+                if entry.files
+            ]
             log_file = session.new_file(".json")
             for old in session.folder.glob("*.json"):
                 if old != log_file:
                     old.unlink(missing_ok=True)
             log_file.write_text(session.log_json(), encoding="utf-8")
-            return (gr.update(value=items, visible=bool(items)), gr.update(visible=not items), session.log,
-                    gr.DownloadButton(value=str(log_file)))
+            return (
+                gr.update(value=items, visible=bool(items)),
+                gr.update(visible=not items),
+                session.log,
+                gr.DownloadButton(value=str(log_file)),
+            )
 
         history_outputs = [history, history_empty, session_log, log_download]
         gen_event = gr.on(
-            [prompt.submit, run.click], generate, inputs=[*request_inputs, session_state],
-            outputs=[gallery, seed_used, details, session_state], api_name="generate", validator=check,
-            preprocess=False, concurrency_limit=settings.concurrency, concurrency_id="gpu", show_progress_on=gallery,
+            [prompt.submit, run.click],
+            generate,
+            inputs=[*request_inputs, session_state],
+            outputs=[gallery, seed_used, details, session_state],
+            api_name="generate",
+            validator=check,
+            preprocess=False,
+            concurrency_limit=settings.concurrency,
+            concurrency_id="gpu",
+            show_progress_on=gallery,
         )
-        gen_event.then(after_generation, [session_state, details], [timings, *history_outputs],
-                       api_visibility="private", concurrency_limit=None, show_progress="hidden")
+        gen_event.then(
+            after_generation,
+            [session_state, details],
+            [timings, *history_outputs],
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
 
         def request_stop(session: Session) -> None:
             session.stop_requested_at = time.monotonic()
 
-        stop.click(request_stop, [session_state], None, api_visibility="private", concurrency_limit=None,
-                   show_progress="hidden")
+        stop.click(
+            request_stop,
+            [session_state],
+            None,
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
 
         # ---- history, session, privacy -------------------------------------------------------------------
         def restore(session: Session, evt: gr.SelectData, request: gr.Request) -> tuple:
@@ -404,12 +590,31 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             p = entry.request
             # The seed and timings shown under the image are the restored entry's, not the last generation's.
             line = translator.t("timings.line", _lang(request), seed=entry.seed, **entry.timings)
-            return (p["prompt"], p["negative_prompt"], p["style"], p["width"], p["height"], p["num_images"],
-                    entry.seed, False, p["num_inference_steps"], p["guidance_scale"],
-                    _matching_preset(p["width"], p["height"]), entry.files, entry.seed, line)
+            return (
+                p["prompt"],
+                p["negative_prompt"],
+                p["style"],
+                p["width"],
+                p["height"],
+                p["num_images"],
+                entry.seed,
+                False,
+                p["num_inference_steps"],
+                p["guidance_scale"],
+                _matching_preset(p["width"], p["height"]),
+                entry.files,
+                entry.seed,
+                line,
+            )
 
-        history.select(restore, [session_state], [*request_inputs, size_preset, gallery, seed_used, timings],
-                       api_visibility="private", concurrency_limit=None, show_progress="hidden")
+        history.select(
+            restore,
+            [session_state],
+            [*request_inputs, size_preset, gallery, seed_used, timings],
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
 
         def do_clear(session: Session, request: gr.Request) -> tuple:
             count = session.clear_history()
@@ -417,8 +622,14 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             gr.Info(translator.t("info.history_cleared", _lang(request)))
             return (session, *_history_and_log(session))
 
-        clear_history.click(do_clear, [session_state], [session_state, *history_outputs], api_visibility="private",
-                            concurrency_limit=None, show_progress="hidden")
+        clear_history.click(
+            do_clear,
+            [session_state],
+            [session_state, *history_outputs],
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
 
         def do_new_session(session: Session, request: gr.Request) -> tuple:
             session.dispose()
@@ -426,17 +637,48 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             fresh.record("new_session")
             gr.Info(translator.t("info.new_session", _lang(request)))
             defaults = (
-                "", "", NO_STYLE, limits.DEFAULT_WIDTH, limits.DEFAULT_HEIGHT, limits.DEFAULT_NUM_IMAGES, 0, True,
-                limits.DEFAULT_STEPS, limits.DEFAULT_GUIDANCE, default_preset, [], None, None,
-                translator.t("timings.empty", _lang(request)), True, True, "", "",
+                "",
+                "",
+                NO_STYLE,
+                limits.DEFAULT_WIDTH,
+                limits.DEFAULT_HEIGHT,
+                limits.DEFAULT_NUM_IMAGES,
+                0,
+                True,
+                limits.DEFAULT_STEPS,
+                limits.DEFAULT_GUIDANCE,
+                default_preset,
+                [],
+                None,
+                None,
+                translator.t("timings.empty", _lang(request)),
+                True,
+                True,
+                "",
+                "",
             )
             return (fresh, *defaults, *_history_and_log(fresh))
 
         reset_session.click(
-            do_new_session, [session_state],
-            [session_state, *request_inputs, size_preset, gallery, seed_used, details, timings, keep_history,
-             embed_metadata, final_prompt, final_negative, *history_outputs],
-            api_visibility="private", concurrency_limit=None, show_progress="hidden",
+            do_new_session,
+            [session_state],
+            [
+                session_state,
+                *request_inputs,
+                size_preset,
+                gallery,
+                seed_used,
+                details,
+                timings,
+                keep_history,
+                embed_metadata,
+                final_prompt,
+                final_negative,
+                *history_outputs,
+            ],
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
         )
 
         def set_keep_history(session: Session, keep: bool, request: gr.Request) -> tuple:
@@ -449,16 +691,28 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 gr.Info(translator.t("info.history_off", _lang(request)))
             return (session, *_history_and_log(session))
 
-        keep_history.input(set_keep_history, [session_state, keep_history], [session_state, *history_outputs],
-                           api_visibility="private", concurrency_limit=None, show_progress="hidden")
+        keep_history.input(
+            set_keep_history,
+            [session_state, keep_history],
+            [session_state, *history_outputs],
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
 
         def set_embed_metadata(session: Session, embed: bool) -> tuple:
             session.embed_metadata = bool(embed)
             session.record("setting_changed", embed_metadata=session.embed_metadata)
             return (session, *_history_and_log(session))
 
-        embed_metadata.input(set_embed_metadata, [session_state, embed_metadata], [session_state, *history_outputs],
-                             api_visibility="private", concurrency_limit=None, show_progress="hidden")
+        embed_metadata.input(
+            set_embed_metadata,
+            [session_state, embed_metadata],
+            [session_state, *history_outputs],
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
 
         async def on_unload(request: gr.Request) -> None:
             """The tab closed: drop the session's history and files now, not an hour later. Async, so it runs on
@@ -472,8 +726,15 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             preset = preset_by_label.get(label)
             return (preset.width, preset.height) if preset else (gr.skip(), gr.skip())
 
-        size_preset.input(pick_preset, [size_preset], [width, height], api_visibility="private",
-                          concurrency_limit=None, show_progress="hidden", queue=False)
+        size_preset.input(
+            pick_preset,
+            [size_preset],
+            [width, height],
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+            queue=False,
+        )
 
         def _capped(changed: int, other: int) -> int:
             """The other side, lowered if needed so the image stays within the pixel limit."""
@@ -482,8 +743,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             return other
 
         def _matching_preset(w: int, h: int) -> str:
-            return next((label for label, p in preset_by_label.items() if (p.width, p.height) == (w, h)),
-                        CUSTOM_SIZE)
+            return next((label for label, p in preset_by_label.items() if (p.width, p.height) == (w, h)), CUSTOM_SIZE)
 
         # The other side is sent back only when lowered: sending it unchanged would overwrite what the visitor
         # typed there while this event was on its way (typing 512 into both boxes gave a 512x1024 image).
@@ -499,10 +759,24 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             new_w = _capped(int(h), int(w))
             return new_w if new_w != w else gr.skip(), _matching_preset(new_w, h)
 
-        width.input(width_changed, [width, height], [height, size_preset], api_visibility="private",
-                    concurrency_limit=None, show_progress="hidden", preprocess=False)
-        height.input(height_changed, [width, height], [width, size_preset], api_visibility="private",
-                     concurrency_limit=None, show_progress="hidden", preprocess=False)
+        width.input(
+            width_changed,
+            [width, height],
+            [height, size_preset],
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+            preprocess=False,
+        )
+        height.input(
+            height_changed,
+            [width, height],
+            [width, size_preset],
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+            preprocess=False,
+        )
 
         def preview(prompt: Any, negative_prompt: Any, style: Any) -> tuple:
             if not isinstance(style, str) or style not in styles:
@@ -510,9 +784,17 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             styled = styles.apply(style, str(prompt or ""), str(negative_prompt or ""))
             return styled.prompt, styled.negative_prompt
 
-        gr.on([prompt.change, negative_prompt.change, style.change], preview, [prompt, negative_prompt, style],
-              [final_prompt, final_negative], api_visibility="private", concurrency_limit=None,
-              show_progress="hidden", trigger_mode="always_last", preprocess=False)
+        gr.on(
+            [prompt.change, negative_prompt.change, style.change],
+            preview,
+            [prompt, negative_prompt, style],
+            [final_prompt, final_negative],
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+            trigger_mode="always_last",
+            preprocess=False,
+        )
 
         # ---- prompt enhancement -----------------------------------------------------------------------------
         def enhance_prompt(text: str, request: gr.Request) -> Any:
@@ -526,8 +808,13 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             return better
 
         if parts.enhancer is not None:
-            enhance.click(enhance_prompt, [prompt], [prompt], api_visibility="private", concurrency_limit=4,
-                          concurrency_id="enhancer")
+            enhance.click(
+                enhance_prompt,
+                [prompt],
+                [prompt],
+                api_visibility="private",
+                concurrency_limit=4,
+                concurrency_id="enhancer",
+            )
 
     return demo
-

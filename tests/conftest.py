@@ -38,8 +38,16 @@ def free_port() -> int:
 
 def request_kwargs(**overrides: Any) -> dict[str, Any]:
     """A valid /generate call (tiny, fast), with some fields changed."""
-    values: dict[str, Any] = dict(prompt="a red apple on a wooden table", negative_prompt="", style="none",
-                                  num_images=1, seed=1234, randomize_seed=False, guidance_scale=3.5, **SMALL)
+    values: dict[str, Any] = dict(
+        prompt="a red apple on a wooden table",
+        negative_prompt="",
+        style="none",
+        num_images=1,
+        seed=1234,
+        randomize_seed=False,
+        guidance_scale=3.5,
+        **SMALL,
+    )
     values.update(overrides)
     return values
 
@@ -90,8 +98,9 @@ def start_server(tiny_model_path: Path) -> Iterator[Callable[..., RunningServer]
     servers: list[RunningServer] = []
 
     def start(engine_factory: Any = LocalEngine, **overrides: Any) -> RunningServer:
-        values: dict[str, Any] = dict(model="tiny", host="127.0.0.1", port=free_port(), rate_limit="0",
-                                      warmup=False, max_jobs_per_client=0)
+        values: dict[str, Any] = dict(
+            model="tiny", host="127.0.0.1", port=free_port(), rate_limit="0", warmup=False, max_jobs_per_client=0
+        )
         values.update(overrides)
         settings = Settings(**values)
         app = launch(settings, block=False, engine_factory=engine_factory)

@@ -21,8 +21,7 @@ CALL_PATH = "/gradio_api/call/generate"
 
 def http_client(url: str, source: str = "127.0.0.1", timeout: float = 60.0) -> httpx.Client:
     """A client whose connections come from ``source``, so the server sees it as that visitor's address."""
-    return httpx.Client(base_url=url.rstrip("/"), timeout=timeout,
-                        transport=httpx.HTTPTransport(local_address=source))
+    return httpx.Client(base_url=url.rstrip("/"), timeout=timeout, transport=httpx.HTTPTransport(local_address=source))
 
 
 def as_data(values: dict[str, Any]) -> list[Any]:
@@ -44,8 +43,14 @@ class Outcome:
     seconds: float = 0.0
 
 
-def submit(client: httpx.Client, values: dict[str, Any] | None = None, *, body: str | None = None,
-           session_hash: str | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+def submit(
+    client: httpx.Client,
+    values: dict[str, Any] | None = None,
+    *,
+    body: str | None = None,
+    session_hash: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     """POST the job. ``body`` replaces the JSON built from ``values`` (for NaN tokens or broken JSON)."""
     if body is None:
         payload: dict[str, Any] = {"data": as_data(values or {})}
@@ -60,8 +65,11 @@ def refusal(response: httpx.Response) -> dict[str, str]:
     detail = response.json().get("detail")
     if not isinstance(detail, list):
         return {}
-    return {d["parameter_name"]: d["message"] for d in detail
-            if isinstance(d, dict) and d.get("__type__") == "validate" and not d.get("is_valid")}
+    return {
+        d["parameter_name"]: d["message"]
+        for d in detail
+        if isinstance(d, dict) and d.get("__type__") == "validate" and not d.get("is_valid")
+    }
 
 
 def read_events(client: httpx.Client, event_id: str) -> list[tuple[str, Any]]:
@@ -83,16 +91,18 @@ def outcome_of(client: httpx.Client, response: httpx.Response, started: float) -
     if response.status_code == 503:
         return Outcome("queue_full", 503, body=response.text, seconds=time.perf_counter() - started)
     if response.status_code == 422 and refusal(response):
-        return Outcome("refused", 422, messages=refusal(response), body=response.text,
-                       seconds=time.perf_counter() - started)
+        return Outcome(
+            "refused", 422, messages=refusal(response), body=response.text, seconds=time.perf_counter() - started
+        )
     if response.status_code != 200:
         return Outcome("http", response.status_code, body=response.text, seconds=time.perf_counter() - started)
     events = read_events(client, response.json()["event_id"])
     text = json.dumps(events)
     final = [(name, data) for name, data in events if name in ("complete", "error")]
     if not final:
-        return Outcome("http", 200, body=text, error="stream ended without a result",
-                       seconds=time.perf_counter() - started)
+        return Outcome(
+            "http", 200, body=text, error="stream ended without a result", seconds=time.perf_counter() - started
+        )
     name, data = final[-1]
     if name == "complete":
         return Outcome("image", 200, data=data, body=text, seconds=time.perf_counter() - started)

@@ -17,8 +17,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_benchmark(script: str, out: Path, *args: str) -> dict[str, Any]:
-    completed = subprocess.run([sys.executable, f"benchmarks/{script}.py", *args, "--out", str(out)], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=300, check=False)
+    completed = subprocess.run(
+        [sys.executable, f"benchmarks/{script}.py", *args, "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert (out / f"{script}.md").read_text(encoding="utf-8").startswith("# ")
     return json.loads((out / f"{script}.json").read_text(encoding="utf-8"))
@@ -54,7 +60,11 @@ def test_app_overhead_reports_medians_ratio_and_where_the_time_goes(out):
     judged = r["quiet"]
     assert judged["pairs"] == r["all"]["pairs"] == 3 and r["warmup"] == 1 and r["torch_threads"] >= 1
     assert {name: len(values) for name, values in r["samples"].items()} == {
-        "app_http": 3, "script": 3, "app_http_new_session": 3, "gradio_client": 3}
+        "app_http": 3,
+        "script": 3,
+        "app_http_new_session": 3,
+        "gradio_client": 3,
+    }
     # Shares of the machine's CPU; /proc/stat's 10 ms ticks make short readings a little imprecise.
     assert all(0 <= s["busy"] < 2 for name in ("app_http", "script") for s in r["samples"][name])
     app, script = judged["app_http"], judged["script"]
@@ -92,8 +102,7 @@ def test_startup_times_page_and_model_against_a_control_whose_load_fails_at_once
 
 
 def test_throughput_counts_every_image_and_the_wait_of_every_client(out):
-    data = run_benchmark("throughput", out, "--clients", "3", "--requests", "2", "--concurrency", "2",
-                         "--warmup", "1")
+    data = run_benchmark("throughput", out, "--clients", "3", "--requests", "2", "--concurrency", "2", "--warmup", "1")
     (level,) = data["results"]["levels"]
     assert level["concurrency"] == 2 and "--concurrency 2" in level["server_command"]
     assert level["requests"] == level["images"] == 6 and level["images_per_s"] > 0
@@ -108,8 +117,9 @@ def test_throughput_counts_every_image_and_the_wait_of_every_client(out):
 
 def test_memory_samples_rss_after_every_generation_and_tells_allocator_steps_from_drift(out):
     # One scenario keeps the test short; the other two differ only in the session id sent and in one server flag.
-    data = run_benchmark("memory", out, "--generations", "4", "--baseline", "2", "--window", "2", "--scenarios",
-                         "api-capped")
+    data = run_benchmark(
+        "memory", out, "--generations", "4", "--baseline", "2", "--window", "2", "--scenarios", "api-capped"
+    )
     (s,) = data["results"]["scenarios"]
     assert s["scenario"] == "api-capped" and "--max-sessions 2" in s["server_command"]
     assert len(s["rss_mib"]) == 4 and min(s["rss_mib"]) > 50  # a real server process, in MiB

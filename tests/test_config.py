@@ -14,24 +14,47 @@ def settings(argv=(), **env):
 def test_defaults_without_env_or_flags():
     s = settings()
     assert s == Settings()
-    assert (s.model, s.dtype, s.concurrency, s.rate_limit, s.host, s.port) == (None, "auto", 1, "10/minute",
-                                                                               "127.0.0.1", 7860)
+    assert (s.model, s.dtype, s.concurrency, s.rate_limit, s.host, s.port) == (
+        None,
+        "auto",
+        1,
+        "10/minute",
+        "127.0.0.1",
+        7860,
+    )
     assert s.warmup is True and s.log_prompts is False
 
 
 def test_environment_variables_set_each_type_of_setting():
-    s = settings(GLMIMAGE_MODEL="tiny", GLMIMAGE_CONCURRENCY="3", GLMIMAGE_SESSION_TTL="60", GLMIMAGE_FILE_TTL="120",
-                 GLMIMAGE_WARMUP="no", GLMIMAGE_LOG_PROMPTS="on", GLMIMAGE_RATE_LIMIT="6/minute",
-                 GLMIMAGE_CACHE_DIR="/tmp/x", GLMIMAGE_DTYPE="float32")
+    s = settings(
+        GLMIMAGE_MODEL="tiny",
+        GLMIMAGE_CONCURRENCY="3",
+        GLMIMAGE_SESSION_TTL="60",
+        GLMIMAGE_FILE_TTL="120",
+        GLMIMAGE_WARMUP="no",
+        GLMIMAGE_LOG_PROMPTS="on",
+        GLMIMAGE_RATE_LIMIT="6/minute",
+        GLMIMAGE_CACHE_DIR="/tmp/x",
+        GLMIMAGE_DTYPE="float32",
+    )
     assert (s.model, s.concurrency, s.session_ttl, s.file_ttl) == ("tiny", 3, 60.0, 120.0)
-    assert (s.warmup, s.log_prompts, s.rate_limit, s.cache_dir, s.dtype) == (False, True, "6/minute", "/tmp/x",
-                                                                             "float32")
+    assert (s.warmup, s.log_prompts, s.rate_limit, s.cache_dir, s.dtype) == (
+        False,
+        True,
+        "6/minute",
+        "/tmp/x",
+        "float32",
+    )
 
 
 def test_flags_override_environment_variables():
-    s = settings(["--model", "/models/cogview4", "--concurrency", "2", "--warmup", "--rate-limit", "0"],
-                 GLMIMAGE_MODEL="tiny", GLMIMAGE_CONCURRENCY="4", GLMIMAGE_WARMUP="false",
-                 GLMIMAGE_RATE_LIMIT="6/minute")
+    s = settings(
+        ["--model", "/models/cogview4", "--concurrency", "2", "--warmup", "--rate-limit", "0"],
+        GLMIMAGE_MODEL="tiny",
+        GLMIMAGE_CONCURRENCY="4",
+        GLMIMAGE_WARMUP="false",
+        GLMIMAGE_RATE_LIMIT="6/minute",
+    )
     assert (s.model, s.concurrency, s.warmup, s.rate_limit) == ("/models/cogview4", 2, True, "0")
 
 
@@ -81,14 +104,17 @@ def test_rate_limit_forms_are_accepted(rate):
     assert settings(["--rate-limit", rate]).parsed_rate_limit is not None
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--concurrency", "0"], "--concurrency must be at least 1"),
-    (["--max-queue", "0"], "--max-queue must be at least 1"),
-    (["--max-jobs-per-client", "-1"], "--max-jobs-per-client must be at least 0"),
-    (["--max-sessions", "0"], "--max-sessions must be at least 1"),
-    (["--port", "70000"], "--port must be from 1 to 65535"),
-    (["--cache-threshold", "-1", "--cache"], "cache_threshold"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--concurrency", "0"], "--concurrency must be at least 1"),
+        (["--max-queue", "0"], "--max-queue must be at least 1"),
+        (["--max-jobs-per-client", "-1"], "--max-jobs-per-client must be at least 0"),
+        (["--max-sessions", "0"], "--max-sessions must be at least 1"),
+        (["--port", "70000"], "--port must be from 1 to 65535"),
+        (["--cache-threshold", "-1", "--cache"], "cache_threshold"),
+    ],
+)
 def test_out_of_range_flags_are_refused_naming_the_flag(argv, words):
     with pytest.raises(ValueError, match=words):
         settings(argv)

@@ -70,6 +70,7 @@ def client_with_history(server):
 
 # ---- results -------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("width, height", [(512, 512), (768, 512), (544, 800)])
 def test_an_image_of_the_requested_size_arrives(client, width, height):
     images, seed, details = generate(client, width=width, height=height)
@@ -170,10 +171,12 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("overrides, field, words", BAD_INPUTS,
-                         ids=[f"{field}={str(o)[:30]}" for o, field, _ in BAD_INPUTS])
-def test_bad_input_is_refused_naming_the_field_and_range_and_changes_nothing(server, client_with_history, overrides,
-                                                                            field, words):
+@pytest.mark.parametrize(
+    "overrides, field, words", BAD_INPUTS, ids=[f"{field}={str(o)[:30]}" for o, field, _ in BAD_INPUTS]
+)
+def test_bad_input_is_refused_naming_the_field_and_range_and_changes_nothing(
+    server, client_with_history, overrides, field, words
+):
     before = history_ids(server, client_with_history)
     with pytest.raises(ValidationError) as caught:
         generate(client_with_history, **overrides)
@@ -203,8 +206,12 @@ def test_a_guidance_that_is_not_a_finite_number_is_refused_over_raw_http(server,
     """gradio_client will not send NaN or infinity; a hand-written JSON body can."""
     kwargs = request_kwargs()
     values = [token if name == "guidance_scale" else json.dumps(kwargs[name]) for name in API_FIELDS]
-    response = httpx.post(server.url + "gradio_api/call/generate", content='{"data": [' + ",".join(values) + "]}",
-                          headers={"content-type": "application/json"}, timeout=30)
+    response = httpx.post(
+        server.url + "gradio_api/call/generate",
+        content='{"data": [' + ",".join(values) + "]}",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert response.status_code == 422
     refused = [item for item in response.json()["detail"] if not item["is_valid"]]
     assert [item["parameter_name"] for item in refused] == ["guidance_scale"]
@@ -222,14 +229,18 @@ def test_after_every_refusal_the_same_client_still_generates_and_its_history_gro
 
 # ---- Chinese messages ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides, field, chinese", [
-    (dict(prompt="   "), "prompt", "请输入提示词"),
-    (dict(width=480), "width", "宽度必须在 512 到 2048 之间"),
-    (dict(width=528), "width", "32 的倍数"),
-    (dict(num_inference_steps=101), "num_inference_steps", "步数必须在 1 到 100 之间"),
-    (dict(seed=-1), "seed", "4294967295"),
-    (dict(style="no-such-style"), "style", "未知风格"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, field, chinese",
+    [
+        (dict(prompt="   "), "prompt", "请输入提示词"),
+        (dict(width=480), "width", "宽度必须在 512 到 2048 之间"),
+        (dict(width=528), "width", "32 的倍数"),
+        (dict(num_inference_steps=101), "num_inference_steps", "步数必须在 1 到 100 之间"),
+        (dict(seed=-1), "seed", "4294967295"),
+        (dict(style="no-such-style"), "style", "未知风格"),
+    ],
+)
 def test_messages_come_in_chinese_for_a_chinese_browser(chinese_client, overrides, field, chinese):
     with pytest.raises(ValidationError) as caught:
         generate(chinese_client, **overrides)
@@ -250,6 +261,7 @@ def test_an_english_browser_gets_the_same_refusal_in_english(client):
 
 
 # ---- sessions and the queue ------------------------------------------------------------------------------------
+
 
 def test_two_clients_have_separate_histories(server):
     first, second = server.client(), server.client()

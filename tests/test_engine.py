@@ -30,8 +30,14 @@ OVER_TOKEN_LIMIT = "qz" * 550
 
 
 def request(**overrides) -> GenerationRequest:
-    values = dict(prompt="a red apple on a wooden table", width=512, height=512, num_inference_steps=2, seed=1234,
-                  randomize_seed=False)
+    values = dict(
+        prompt="a red apple on a wooden table",
+        width=512,
+        height=512,
+        num_inference_steps=2,
+        seed=1234,
+        randomize_seed=False,
+    )
     values.update(overrides)
     return GenerationRequest(**values)
 
@@ -84,6 +90,7 @@ class FailingLoader:
 
 # ---- engine ----------------------------------------------------------------------------------------------------
 
+
 def test_result_has_as_many_images_as_asked_of_the_requested_size(engine):
     result = engine.submit(request(num_images=2, width=768, height=512)).result()
     assert len(result.images) == 2
@@ -130,8 +137,9 @@ def test_every_step_is_reported_in_order(engine):
 def test_a_stop_request_ends_the_job_after_the_first_step(engine):
     steps: list[int] = []
     with pytest.raises(GenerationStopped) as caught:
-        engine.submit(request(num_inference_steps=5), on_step=lambda done, _: steps.append(done),
-                      should_stop=lambda: True).result()
+        engine.submit(
+            request(num_inference_steps=5), on_step=lambda done, _: steps.append(done), should_stop=lambda: True
+        ).result()
     assert steps == [1]
     assert caught.value.key == "status.stopped"
     assert caught.value.params == dict(step=1, total=5)
@@ -185,8 +193,9 @@ def test_generations_run_on_one_long_lived_worker_thread(loader, styles):
     engine = LocalEngine(loader, styles)
     names: list[str] = []
     for _ in range(2):
-        engine.submit(request(num_inference_steps=1),
-                      on_step=lambda *_: names.append(threading.current_thread().name)).result()
+        engine.submit(
+            request(num_inference_steps=1), on_step=lambda *_: names.append(threading.current_thread().name)
+        ).result()
     engine.close()
     assert len(set(names)) == 1 and names[0].startswith("glmimage-gpu")
 
@@ -200,12 +209,15 @@ def test_two_workers_give_the_same_pixels_as_one(loader, styles, engine):
     assert all(np.array_equal(pixels(image), expected) for image in images)
 
 
-@pytest.mark.parametrize("error, key", [
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "error.oom"),
-    (RuntimeError("CUDA error: out of memory"), "error.oom"),
-    (RuntimeError("expected scalar type Float but found BFloat16"), "error.generation_failed"),
-    (ValueError("something inside the pipeline"), "error.generation_failed"),
-])
+@pytest.mark.parametrize(
+    "error, key",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "error.oom"),
+        (RuntimeError("CUDA error: out of memory"), "error.oom"),
+        (RuntimeError("expected scalar type Float but found BFloat16"), "error.generation_failed"),
+        (ValueError("something inside the pipeline"), "error.generation_failed"),
+    ],
+)
 def test_pipeline_failures_become_engine_errors_with_a_message_key(loader, styles, error, key):
     engine = LocalEngine(FailingLoader(loader, error), styles)
     with pytest.raises(EngineError) as caught:
@@ -225,9 +237,11 @@ def test_a_model_that_failed_to_load_gives_its_reason_as_the_error_key(tmp_path,
 
 
 def test_the_core_modules_never_import_gradio():
-    code = ("import sys\nimport glmimage.config, glmimage.engine, glmimage.i18n, glmimage.loading, "
-            "glmimage.requests, glmimage.service, glmimage.sessions, glmimage.sizes, glmimage.styles\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'gradio'))")
+    code = (
+        "import sys\nimport glmimage.config, glmimage.engine, glmimage.i18n, glmimage.loading, "
+        "glmimage.requests, glmimage.service, glmimage.sessions, glmimage.sizes, glmimage.styles\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'gradio'))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
@@ -235,9 +249,20 @@ def test_the_core_modules_never_import_gradio():
 
 # ---- service: admission, then generate, save and record -----------------------------------------------------------
 
+
 def raw(**overrides) -> dict:
-    values = dict(prompt="a red apple on a wooden table", negative_prompt="", style="none", width=512, height=512,
-                  num_images=1, seed=1234, randomize_seed=False, num_inference_steps=2, guidance_scale=3.5)
+    values = dict(
+        prompt="a red apple on a wooden table",
+        negative_prompt="",
+        style="none",
+        width=512,
+        height=512,
+        num_images=1,
+        seed=1234,
+        randomize_seed=False,
+        num_inference_steps=2,
+        guidance_scale=3.5,
+    )
     values.update(overrides)
     return values
 
@@ -264,8 +289,7 @@ def test_service_run_saves_pngs_into_the_session_and_returns_seed_and_all_timing
     assert session.log[-1]["event"] == "generated"
 
 
-def test_service_run_that_fails_leaves_the_history_unchanged_and_logs_the_failure(loader, engine, styles,
-                                                                                 tmp_path):
+def test_service_run_that_fails_leaves_the_history_unchanged_and_logs_the_failure(loader, engine, styles, tmp_path):
     session = Session(str(tmp_path))
     make_service(engine, styles).run(request(), session, queue_s=0)
     before = list(session.history)

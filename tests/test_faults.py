@@ -109,7 +109,8 @@ def assert_clean_message(message: str) -> None:
 
 
 def test_out_of_memory_gives_a_clear_message_frees_the_cuda_cache_and_the_next_request_succeeds(
-        faulty, engine, monkeypatch):
+    faulty, engine, monkeypatch
+):
     emptied: list[bool] = []
 
     def empty_cache() -> None:
@@ -123,8 +124,10 @@ def test_out_of_memory_gives_a_clear_message_frees_the_cuda_cache_and_the_next_r
     session = session_of(faulty.app.demo, client.session_hash)
     before = history_snapshot(session)
 
-    engine.fail_next = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.10 GiB "
-                                              "total capacity) at /opt/torch/csrc/CUDACachingAllocator.cpp:1234")
+    engine.fail_next = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.10 GiB "
+        "total capacity) at /opt/torch/csrc/CUDACachingAllocator.cpp:1234"
+    )
     with pytest.raises(AppError) as caught:
         client.predict(**fast(prompt=SECRET_PROMPT), api_name="/generate")
     message = str(caught.value)

@@ -49,8 +49,12 @@ def planted(server) -> dict[str, str]:
         link.symlink_to("/etc" if name == "temp_dir_link" else "/etc/passwd")
     allowed = own / "allowed.txt"
     allowed.write_text("served on purpose")
-    yield {**{name: str(link) for name, link in links.items()}, "allowed": str(allowed), "temp": str(temp),
-           "own": str(own)}
+    yield {
+        **{name: str(link) for name, link in links.items()},
+        "allowed": str(allowed),
+        "temp": str(temp),
+        "own": str(own),
+    }
     for link in links.values():
         link.unlink(missing_ok=True)
 
@@ -106,8 +110,11 @@ def test_the_same_route_serves_files_of_the_temporary_folder(server, planted):
 
 def test_defaults_bind_loopback_only_with_no_share_tunnel(server):
     assert load_settings([], environ={}).host == "127.0.0.1"
-    listening = [c.laddr for c in psutil.Process().net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == server.settings.port]
+    listening = [
+        c.laddr
+        for c in psutil.Process().net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == server.settings.port
+    ]
     assert [address.ip for address in listening] == ["127.0.0.1"]
     demo = server.app.demo
     assert demo.share is False and demo.share_url is None
@@ -120,8 +127,15 @@ def test_the_queue_cannot_be_bypassed_through_the_run_route(server):
     assert response.status_code == 404
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/no/such/page"), ("DELETE", "/healthz"), ("GET", "/gradio_api/x"),
-                                          ("POST", "/gradio_api/call/no_such_api")])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/no/such/page"),
+        ("DELETE", "/healthz"),
+        ("GET", "/gradio_api/x"),
+        ("POST", "/gradio_api/call/no_such_api"),
+    ],
+)
 def test_error_pages_carry_no_stack_trace_or_internal_path(server, method, path):
     response = http_client(server.url).request(method, path, json={"data": []})
     # An unknown API name is a 500 from Gradio itself (FnIndexInferError): refused all the same.

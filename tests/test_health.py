@@ -31,8 +31,10 @@ def test_healthz_answers_within_100_ms_while_generations_run_and_wait(start_serv
     server = start_server(max_queue=8)
     steps_seen: list[int] = []
     engine = server.app.engine
-    busy = [submit(http_client(server.url, source=f"127.0.0.{10 + i}"), request_kwargs(num_inference_steps=12))
-            for i in range(3)]
+    busy = [
+        submit(http_client(server.url, source=f"127.0.0.{10 + i}"), request_kwargs(num_inference_steps=12))
+        for i in range(3)
+    ]
     assert all(r.status_code == 200 for r in busy)
 
     def read(index: int) -> None:
@@ -63,8 +65,9 @@ def test_healthz_answers_within_100_ms_while_generations_run_and_wait(start_serv
 
 
 def test_a_model_that_fails_to_load_is_reported_and_generation_says_why(tmp_path):
-    settings = Settings(model=str(tmp_path / "no-such-model"), host="127.0.0.1", port=free_port(), rate_limit="0",
-                        warmup=False)
+    settings = Settings(
+        model=str(tmp_path / "no-such-model"), host="127.0.0.1", port=free_port(), rate_limit="0", warmup=False
+    )
     app = launch(settings, block=False)
     try:
         deadline = time.monotonic() + 60

@@ -36,16 +36,31 @@ REPO = str(Path(glmimage.__file__).resolve().parent.parent)
 BASE = request_kwargs(num_inference_steps=1)
 HUGE_TEXT = "x" * 100_000
 SNIPPETS = [
-    "'; DROP TABLE users; --", "\" OR 1=1 --", "<script>alert(1)</script>", "<img src=x onerror=alert(1)>",
-    "javascript:alert(document.cookie)", "{{7*7}} ${7*7} {prompt} {0} %s %n", "../../../../etc/passwd",
-    "\u202eevil\u202c", "\u200f\u200e", "שלום עולם", "مرحبا", "🍎🎨👩‍👩‍👧🏳️‍🌈", "\u200b\ufeff", "e\u0301\u0301\u0301",
-    "a\x00b", "\x1b[31mred\x1b[0m", "\x7f", "\ud800", "\r\n\t",
+    "'; DROP TABLE users; --",
+    '" OR 1=1 --',
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "javascript:alert(document.cookie)",
+    "{{7*7}} ${7*7} {prompt} {0} %s %n",
+    "../../../../etc/passwd",
+    "\u202eevil\u202c",
+    "\u200f\u200e",
+    "שלום עולם",
+    "مرحبا",
+    "🍎🎨👩‍👩‍👧🏳️‍🌈",
+    "\u200b\ufeff",
+    "e\u0301\u0301\u0301",
+    "a\x00b",
+    "\x1b[31mred\x1b[0m",
+    "\x7f",
+    "\ud800",
+    "\r\n\t",
 ]
 
 
 def assert_no_internals(text: str) -> None:
     """What a response may never show: a traceback, a source file, the server's folders."""
-    for marker in ("Traceback", 'File "', ".py\"", ".py:", REPO, "site-packages"):
+    for marker in ("Traceback", 'File "', '.py"', ".py:", REPO, "site-packages"):
         assert marker not in text, f"response shows {marker!r}: {text[:300]}"
 
 
@@ -55,8 +70,9 @@ def expected_refusal(values: dict[str, Any]) -> tuple[str, str] | None:
         validate_request(STYLES, **values)
     except InputError as exc:
         # The page shows a refusal on the field at fault; size and style rules name no single field.
-        field = exc.params.get("field") or ("width" if "width" in exc.params else
-                                            "style" if exc.key == "error.unknown_style" else "prompt")
+        field = exc.params.get("field") or (
+            "width" if "width" in exc.params else "style" if exc.key == "error.unknown_style" else "prompt"
+        )
         return str(field), TEXTS(exc.key, "en", **exc.params)
     return None
 
@@ -87,35 +103,78 @@ def check_call(server, values: dict[str, Any], client=None) -> str:
 
 # Every parameter with values a script might send; the last column says what must happen.
 CASES = [
-    ("prompt", "", "refused"), ("prompt", "   \n\t ", "refused"), ("prompt", HUGE_TEXT, "refused"),
-    ("prompt", "a\x00b", "refused"), ("prompt", "\x1b[31mred", "refused"), ("prompt", "bad \ud800 half", "refused"),
-    ("prompt", 12, "refused"), ("prompt", None, "refused"), ("prompt", True, "refused"),
-    ("prompt", ["a cat"], "refused"), ("prompt", {"text": "a cat"}, "refused"),
-    ("prompt", "\u202eevil\u202c \u200f שלום مرحبا", "image"), ("prompt", "🍎🎨👩‍👩‍👧🏳️‍🌈 emoji", "image"),
+    ("prompt", "", "refused"),
+    ("prompt", "   \n\t ", "refused"),
+    ("prompt", HUGE_TEXT, "refused"),
+    ("prompt", "a\x00b", "refused"),
+    ("prompt", "\x1b[31mred", "refused"),
+    ("prompt", "bad \ud800 half", "refused"),
+    ("prompt", 12, "refused"),
+    ("prompt", None, "refused"),
+    ("prompt", True, "refused"),
+    ("prompt", ["a cat"], "refused"),
+    ("prompt", {"text": "a cat"}, "refused"),
+    ("prompt", "\u202eevil\u202c \u200f שלום مرحبا", "image"),
+    ("prompt", "🍎🎨👩‍👩‍👧🏳️‍🌈 emoji", "image"),
     ("prompt", "'; DROP TABLE users; -- <script>alert(1)</script>", "image"),
     ("prompt", "{{7*7}} ${7*7} {prompt} {0} %s %n", "image"),
-    ("negative_prompt", HUGE_TEXT, "refused"), ("negative_prompt", "no\x00pe", "refused"),
-    ("negative_prompt", ["blurry"], "refused"), ("negative_prompt", 3.5, "refused"),
+    ("negative_prompt", HUGE_TEXT, "refused"),
+    ("negative_prompt", "no\x00pe", "refused"),
+    ("negative_prompt", ["blurry"], "refused"),
+    ("negative_prompt", 3.5, "refused"),
     ("negative_prompt", "<img src=x onerror=alert(1)>", "image"),
-    ("style", "no-such-style", "refused"), ("style", "", "refused"), ("style", "../../etc/passwd", "refused"),
-    ("style", "none\x00", "refused"), ("style", ["none"], "refused"), ("style", 1, "refused"),
-    ("style", None, "refused"), ("style", HUGE_TEXT, "refused"),
-    ("width", -512, "refused"), ("width", 0, "refused"), ("width", 513, "refused"), ("width", 10**12, "refused"),
-    ("width", 2**63, "refused"), ("width", 1e308, "refused"), ("width", 512.5, "refused"), ("width", "512", "refused"),
-    ("width", [512], "refused"), ("width", None, "refused"), ("width", True, "refused"),
-    ("height", -1, "refused"), ("height", 4096, "refused"), ("height", "1e9", "refused"), ("height", {}, "refused"),
-    ("num_images", 0, "refused"), ("num_images", -1, "refused"), ("num_images", 5, "refused"),
-    ("num_images", 10**9, "refused"), ("num_images", 1.5, "refused"), ("num_images", [1], "refused"),
-    ("seed", -1, "refused"), ("seed", 2**32, "refused"), ("seed", 10**30, "refused"), ("seed", "7", "refused"),
+    ("style", "no-such-style", "refused"),
+    ("style", "", "refused"),
+    ("style", "../../etc/passwd", "refused"),
+    ("style", "none\x00", "refused"),
+    ("style", ["none"], "refused"),
+    ("style", 1, "refused"),
+    ("style", None, "refused"),
+    ("style", HUGE_TEXT, "refused"),
+    ("width", -512, "refused"),
+    ("width", 0, "refused"),
+    ("width", 513, "refused"),
+    ("width", 10**12, "refused"),
+    ("width", 2**63, "refused"),
+    ("width", 1e308, "refused"),
+    ("width", 512.5, "refused"),
+    ("width", "512", "refused"),
+    ("width", [512], "refused"),
+    ("width", None, "refused"),
+    ("width", True, "refused"),
+    ("height", -1, "refused"),
+    ("height", 4096, "refused"),
+    ("height", "1e9", "refused"),
+    ("height", {}, "refused"),
+    ("num_images", 0, "refused"),
+    ("num_images", -1, "refused"),
+    ("num_images", 5, "refused"),
+    ("num_images", 10**9, "refused"),
+    ("num_images", 1.5, "refused"),
+    ("num_images", [1], "refused"),
+    ("seed", -1, "refused"),
+    ("seed", 2**32, "refused"),
+    ("seed", 10**30, "refused"),
+    ("seed", "7", "refused"),
     ("seed", 2**32 - 1, "image"),
-    ("randomize_seed", "true", "refused"), ("randomize_seed", 1, "refused"), ("randomize_seed", None, "refused"),
+    ("randomize_seed", "true", "refused"),
+    ("randomize_seed", 1, "refused"),
+    ("randomize_seed", None, "refused"),
     ("randomize_seed", [True], "refused"),
-    ("num_inference_steps", 0, "refused"), ("num_inference_steps", -5, "refused"),
-    ("num_inference_steps", 101, "refused"), ("num_inference_steps", 10**9, "refused"),
-    ("num_inference_steps", 2.5, "refused"), ("num_inference_steps", "2", "refused"),
-    ("guidance_scale", -0.1, "refused"), ("guidance_scale", 20.01, "refused"), ("guidance_scale", 1e308, "refused"),
-    ("guidance_scale", -1e308, "refused"), ("guidance_scale", "3.5", "refused"), ("guidance_scale", [3.5], "refused"),
-    ("guidance_scale", None, "refused"), ("guidance_scale", True, "refused"),
+    ("num_inference_steps", 0, "refused"),
+    ("num_inference_steps", -5, "refused"),
+    ("num_inference_steps", 101, "refused"),
+    ("num_inference_steps", 10**9, "refused"),
+    ("num_inference_steps", 2.5, "refused"),
+    ("num_inference_steps", "2", "refused"),
+    ("guidance_scale", -0.1, "refused"),
+    ("guidance_scale", 20.01, "refused"),
+    ("guidance_scale", 1e308, "refused"),
+    ("guidance_scale", -1e308, "refused"),
+    ("guidance_scale", "3.5", "refused"),
+    ("guidance_scale", [3.5], "refused"),
+    ("guidance_scale", None, "refused"),
+    ("guidance_scale", True, "refused"),
 ]
 
 
@@ -138,10 +197,21 @@ def test_nan_and_infinity_tokens_are_refused_on_their_field(server, field, token
     assert expected_refusal({**BASE, field: number}) == (field, refused[field])
 
 
-@pytest.mark.parametrize("body", [
-    "{not json", "", "null", "[]", '{"data": "a cat"}', '{"data": {"prompt": "a cat"}}', '{"data": [1, 2, 3]}',
-    '{"data": []}', json.dumps({"data": [HUGE_TEXT] * 3}), '{"data": [' + "[" * 500 + "]" * 500 + "]}",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{not json",
+        "",
+        "null",
+        "[]",
+        '{"data": "a cat"}',
+        '{"data": {"prompt": "a cat"}}',
+        '{"data": [1, 2, 3]}',
+        '{"data": []}',
+        json.dumps({"data": [HUGE_TEXT] * 3}),
+        '{"data": [' + "[" * 500 + "]" * 500 + "]}",
+    ],
+)
 def test_a_malformed_body_is_refused_without_internals(server, body):
     response = submit(http_client(server.url), body=body)
     assert 400 <= response.status_code < 500, response.text[:300]
@@ -151,8 +221,9 @@ def test_a_malformed_body_is_refused_without_internals(server, body):
 def test_prompt_length_and_image_count_are_refused_at_their_named_limits(server):
     client = http_client(server.url)
     too_long = call(client, {**BASE, "prompt": "x" * (limits.MAX_PROMPT_CHARS + 1)})
-    assert too_long.messages == {"prompt": f"Prompt is too long: {limits.MAX_PROMPT_CHARS + 1} characters, at most "
-                                           f"{limits.MAX_PROMPT_CHARS}."}
+    assert too_long.messages == {
+        "prompt": f"Prompt is too long: {limits.MAX_PROMPT_CHARS + 1} characters, at most {limits.MAX_PROMPT_CHARS}."
+    }
     too_many = call(client, {**BASE, "num_images": limits.MAX_IMAGES + 1})
     assert f"from 1 to {limits.MAX_IMAGES}" in too_many.messages["num_images"]
 
@@ -167,8 +238,12 @@ def test_refused_requests_with_a_lone_surrogate_or_nan_leave_the_session_log_wri
     # The session log records refused requests; a lone surrogate or a NaN in it would break every later write
     # of the log file (UTF-8) and make it invalid JSON.
     client = http_client(server.url)
-    body = json.dumps({"data": as_data({**BASE, "prompt": "bad \ud800 half", "guidance_scale": "__NAN__"}),
-                       "session_hash": "hostile-log-session"}).replace('"__NAN__"', "NaN")
+    body = json.dumps(
+        {
+            "data": as_data({**BASE, "prompt": "bad \ud800 half", "guidance_scale": "__NAN__"}),
+            "session_hash": "hostile-log-session",
+        }
+    ).replace('"__NAN__"', "NaN")
     assert submit(client, body=body).status_code == 422
     session = session_of(server.app.demo, "hostile-log-session")
     assert [entry["event"] for entry in session.log] == ["refused"]
@@ -177,8 +252,9 @@ def test_refused_requests_with_a_lone_surrogate_or_nan_leave_the_session_log_wri
     json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in the session log"))
 
 
-HOSTILE_TEXT = st.lists(st.sampled_from(SNIPPETS) | st.text(st.characters(exclude_categories=()), max_size=12),
-                        max_size=4).map("".join)
+HOSTILE_TEXT = st.lists(
+    st.sampled_from(SNIPPETS) | st.text(st.characters(exclude_categories=()), max_size=12), max_size=4
+).map("".join)
 ANY_JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | HOSTILE_TEXT,
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=2),

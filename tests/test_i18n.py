@@ -19,20 +19,23 @@ def translator():
     return load_translations()
 
 
-@pytest.mark.parametrize("header, lang", [
-    (None, "en"),
-    ("", "en"),
-    ("zh-CN", "zh"),
-    ("zh-TW,zh;q=0.9", "zh"),
-    ("ZH-cn", "zh"),
-    ("en-US,en;q=0.9,zh-CN;q=0.8", "en"),
-    ("zh-CN,zh;q=0.9,en;q=0.8", "zh"),
-    ("en;q=0.5, zh;q=0.8", "zh"),
-    ("fr-FR,de;q=0.9", "en"),
-    ("fr-FR,zh;q=0.3", "zh"),
-    ("zh;q=0, en;q=0.1", "en"),
-    ("*", "en"),
-])
+@pytest.mark.parametrize(
+    "header, lang",
+    [
+        (None, "en"),
+        ("", "en"),
+        ("zh-CN", "zh"),
+        ("zh-TW,zh;q=0.9", "zh"),
+        ("ZH-cn", "zh"),
+        ("en-US,en;q=0.9,zh-CN;q=0.8", "en"),
+        ("zh-CN,zh;q=0.9,en;q=0.8", "zh"),
+        ("en;q=0.5, zh;q=0.8", "zh"),
+        ("fr-FR,de;q=0.9", "en"),
+        ("fr-FR,zh;q=0.3", "zh"),
+        ("zh;q=0, en;q=0.1", "en"),
+        ("*", "en"),
+    ],
+)
 def test_language_is_the_best_supported_one_in_accept_language(header, lang):
     assert language_of(header) == lang
 
@@ -55,8 +58,9 @@ def test_chinese_error_messages_are_written_in_chinese(translator):
 def test_a_message_is_filled_in_with_its_values_in_each_language(translator):
     params = dict(field="Steps", min=1, max=100, value=101)
     assert translator.t("error.out_of_range", "en", **params) == "Steps must be from 1 to 100 (got 101)."
-    chinese = translator.t("error.out_of_range", "zh", **{**params, "field": translator.t("field.num_inference_steps",
-                                                                                           "zh")})
+    chinese = translator.t(
+        "error.out_of_range", "zh", **{**params, "field": translator.t("field.num_inference_steps", "zh")}
+    )
     assert "1" in chinese and "100" in chinese and "101" in chinese and HAN.search(chinese)
 
 

@@ -29,8 +29,7 @@ MEMORY_BOUND_MB = 250.0  # peak resident memory over the idle server's
 
 @pytest.mark.slow
 def test_thirty_clients_each_get_an_image_or_a_clear_refusal_and_the_server_stays_healthy(start_server):
-    server = start_server(max_queue=MAX_QUEUE, rate_limit="1/minute", max_jobs_per_client=1,
-                          max_sessions=MAX_SESSIONS)
+    server = start_server(max_queue=MAX_QUEUE, rate_limit="1/minute", max_jobs_per_client=1, max_sessions=MAX_SESSIONS)
     assert call(http_client(server.url, source="127.0.0.250"), request_kwargs(num_inference_steps=1)).kind == "image"
     process = psutil.Process()
     baseline_mb = process.memory_info().rss / 2**20
@@ -80,20 +79,28 @@ def test_thirty_clients_each_get_an_image_or_a_clear_refusal_and_the_server_stay
     assert not any(thread.is_alive() for thread in visitors), "a request hung"
     assert len(outcomes) == CLIENTS * REQUESTS_PER_CLIENT
     kinds = Counter(o.kind if isinstance(o, Outcome) else "exception" for _, o in outcomes)
-    rate_limited = sum(1 for _, o in outcomes if isinstance(o, Outcome) and o.kind == "refused"
-                       and o.messages.get("prompt", "").startswith("Too many requests"))
+    rate_limited = sum(
+        1
+        for _, o in outcomes
+        if isinstance(o, Outcome)
+        and o.kind == "refused"
+        and o.messages.get("prompt", "").startswith("Too many requests")
+    )
     failed = CLIENTS * REQUESTS_PER_CLIENT - kinds["image"] - kinds["queue_full"] - rate_limited
     p50, worst = statistics.median(healthz_times), max(healthz_times)
     slowest = max(o.seconds for _, o in outcomes if isinstance(o, Outcome))
-    print(f"\nload: {CLIENTS} clients x {REQUESTS_PER_CLIENT} requests in {elapsed:.1f} s: served {kinds['image']}, "
-          f"refused {kinds['queue_full'] + rate_limited} (queue full {kinds['queue_full']}, rate limited "
-          f"{rate_limited}), failed {failed}; slowest request {slowest:.2f} s; "
-          f"peak RSS {peak_mb:.0f} MiB (idle {baseline_mb:.0f} MiB, +{peak_mb - baseline_mb:.0f}); "
-          f"/healthz TTFB p50 {p50 * 1000:.1f} ms, max {worst * 1000:.1f} ms over {len(healthz_times)} calls; "
-          f"longest queue {max(queue_lengths)}")
+    print(
+        f"\nload: {CLIENTS} clients x {REQUESTS_PER_CLIENT} requests in {elapsed:.1f} s: served {kinds['image']}, "
+        f"refused {kinds['queue_full'] + rate_limited} (queue full {kinds['queue_full']}, rate limited "
+        f"{rate_limited}), failed {failed}; slowest request {slowest:.2f} s; "
+        f"peak RSS {peak_mb:.0f} MiB (idle {baseline_mb:.0f} MiB, +{peak_mb - baseline_mb:.0f}); "
+        f"/healthz TTFB p50 {p50 * 1000:.1f} ms, max {worst * 1000:.1f} ms over {len(healthz_times)} calls; "
+        f"longest queue {max(queue_lengths)}"
+    )
 
-    assert failed == 0, [o for _, o in outcomes if not isinstance(o, Outcome) or o.kind not in
-                         ("image", "queue_full", "refused")]
+    assert failed == 0, [
+        o for _, o in outcomes if not isinstance(o, Outcome) or o.kind not in ("image", "queue_full", "refused")
+    ]
     assert kinds["image"] > 0 and kinds["queue_full"] > 0 and rate_limited > 0
     assert slowest < REQUEST_BOUND_S
     assert max(queue_lengths) <= MAX_QUEUE  # a burst of simultaneous requests did not slip past --max-queue

@@ -35,28 +35,39 @@ def test_an_explicit_model_is_kept_with_or_without_cuda(cuda):
     assert tiny.is_tiny and not tiny.auto_tiny
 
 
-@pytest.mark.parametrize("requested, device, dtype", [
-    ("auto", "cuda", "bfloat16"), ("auto", "cpu", "float32"), ("float32", "cuda", "float32"),
-    ("bfloat16", "cpu", "bfloat16"),
-])
+@pytest.mark.parametrize(
+    "requested, device, dtype",
+    [
+        ("auto", "cuda", "bfloat16"),
+        ("auto", "cpu", "float32"),
+        ("float32", "cuda", "float32"),
+        ("bfloat16", "cpu", "bfloat16"),
+    ],
+)
 def test_dtype_auto_is_bfloat16_on_cuda_and_float32_on_cpu_and_an_explicit_one_is_kept(requested, device, dtype):
     assert choose_dtype(requested, device) == dtype
 
 
-@pytest.mark.parametrize("exc, model, key", [
-    (FileNotFoundError("no such file"), "/models/cogview4", "load.bad_path"),
-    (OSError("anything"), "/no/such/folder", "load.bad_path"),
-    (OSError("anything"), "./relative-missing", "load.bad_path"),
-    (ValueError("neither a valid local path nor a valid repo id"), "no-such-folder", "load.bad_path"),
-    (LocalEntryNotFoundError("cannot find the requested files in the local cache"), DEFAULT_MODEL, "load.no_hub"),
-    (OfflineModeIsEnabled("offline mode is enabled"), DEFAULT_MODEL, "load.no_hub"),
-    (OSError("Cannot load model THUDM/CogView4-6B: the model is not fully cached locally"), DEFAULT_MODEL,
-     "load.no_hub"),
-    (ConnectionError("Max retries exceeded: Name or service not known"), DEFAULT_MODEL, "load.no_hub"),
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), DEFAULT_MODEL, "load.oom"),
-    (RuntimeError("CUDA error: out of memory"), DEFAULT_MODEL, "load.oom"),
-    (RuntimeError("shape mismatch in layer 3"), DEFAULT_MODEL, "load.failed"),
-])
+@pytest.mark.parametrize(
+    "exc, model, key",
+    [
+        (FileNotFoundError("no such file"), "/models/cogview4", "load.bad_path"),
+        (OSError("anything"), "/no/such/folder", "load.bad_path"),
+        (OSError("anything"), "./relative-missing", "load.bad_path"),
+        (ValueError("neither a valid local path nor a valid repo id"), "no-such-folder", "load.bad_path"),
+        (LocalEntryNotFoundError("cannot find the requested files in the local cache"), DEFAULT_MODEL, "load.no_hub"),
+        (OfflineModeIsEnabled("offline mode is enabled"), DEFAULT_MODEL, "load.no_hub"),
+        (
+            OSError("Cannot load model THUDM/CogView4-6B: the model is not fully cached locally"),
+            DEFAULT_MODEL,
+            "load.no_hub",
+        ),
+        (ConnectionError("Max retries exceeded: Name or service not known"), DEFAULT_MODEL, "load.no_hub"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), DEFAULT_MODEL, "load.oom"),
+        (RuntimeError("CUDA error: out of memory"), DEFAULT_MODEL, "load.oom"),
+        (RuntimeError("shape mismatch in layer 3"), DEFAULT_MODEL, "load.failed"),
+    ],
+)
 def test_failure_key_says_what_to_do_for_each_kind_of_loading_error(exc, model, key):
     assert failure_key(exc, model) == key
 
@@ -103,11 +114,29 @@ def test_the_tiny_model_loads_once_in_one_dtype_and_every_caller_gets_the_same_p
 
 
 def test_app_help_lists_every_flag_and_the_environment_prefix():
-    result = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
-    for flag in ("--model", "--dtype", "--offload", "--compile", "--cache", "--quantize", "--warmup", "--host",
-                 "--port", "--concurrency", "--max-queue", "--max-jobs-per-client", "--rate-limit",
-                 "--trusted-proxies", "--max-sessions", "--session-ttl", "--file-ttl", "--log-prompts"):
+    for flag in (
+        "--model",
+        "--dtype",
+        "--offload",
+        "--compile",
+        "--cache",
+        "--quantize",
+        "--warmup",
+        "--host",
+        "--port",
+        "--concurrency",
+        "--max-queue",
+        "--max-jobs-per-client",
+        "--rate-limit",
+        "--trusted-proxies",
+        "--max-sessions",
+        "--session-ttl",
+        "--file-ttl",
+        "--log-prompts",
+    ):
         assert flag in result.stdout, flag
     assert "GLMIMAGE_" in result.stdout

@@ -23,8 +23,18 @@ from glmimage.sessions import PROMPT_FIELDS, FileSweeper, HistoryEntry, Session,
 
 PROMPT = "handler-canary a lighthouse at dusk"
 NEGATIVE = "handler-canary-negative blurry"
-REQUEST = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, style="none", width=512, height=512,
-                            num_images=1, seed=11, randomize_seed=False, num_inference_steps=2, guidance_scale=3.5)
+REQUEST = GenerationRequest(
+    prompt=PROMPT,
+    negative_prompt=NEGATIVE,
+    style="none",
+    width=512,
+    height=512,
+    num_images=1,
+    seed=11,
+    randomize_seed=False,
+    num_inference_steps=2,
+    guidance_scale=3.5,
+)
 CONTROL_TYPES = (gr.Textbox, gr.Number, gr.Slider, gr.Dropdown, gr.Checkbox)
 
 
@@ -46,9 +56,18 @@ def session_with_history(files_root: Path, entries: int = 2) -> Session:
     session = Session(str(files_root))
     for n in range(entries):
         path = save_png(Image.new("RGB", (8, 8), "blue"), session.new_file(), None)
-        session.add_history(HistoryEntry(id=f"e{n}", created=0.0 + n, files=[str(path)], request=REQUEST.to_dict(),
-                                         seed=11, final_prompt=PROMPT, final_negative_prompt=NEGATIVE,
-                                         timings={"model_s": 0.1}))
+        session.add_history(
+            HistoryEntry(
+                id=f"e{n}",
+                created=0.0 + n,
+                files=[str(path)],
+                request=REQUEST.to_dict(),
+                seed=11,
+                final_prompt=PROMPT,
+                final_negative_prompt=NEGATIVE,
+                timings={"model_s": 0.1},
+            )
+        )
         session.record("generated", **REQUEST.to_dict(), timings={"model_s": 0.1})
     return session
 
@@ -139,8 +158,10 @@ def test_the_embed_metadata_checkbox_sets_the_sessions_choice_and_logs_it(demo, 
     assert session.embed_metadata is False
     handler(demo, "set_embed_metadata").fn(session, True)
     assert session.embed_metadata is True
-    assert [(e["event"], e["embed_metadata"]) for e in session.log] == [("setting_changed", False),
-                                                                         ("setting_changed", True)]
+    assert [(e["event"], e["embed_metadata"]) for e in session.log] == [
+        ("setting_changed", False),
+        ("setting_changed", True),
+    ]
 
 
 def test_with_keep_history_off_the_log_keeps_events_and_parameters_but_no_prompt_text(files_root):

@@ -82,16 +82,33 @@ def start(root: Path, tiny_model_path: Path, proxy: ProxyTrap, *flags: str, **ex
         folder.mkdir()
     # Only what an operator would set. No HF_HUB_OFFLINE: with a local model nothing needs the network, so
     # nothing may try.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GRADIO_", "GLMIMAGE_", "XDG_", "HF_")) and not k.lower().endswith("_proxy")}
-    env.update(HOME=str(home), TMPDIR=str(tmp), GRADIO_TEMP_DIR=str(gradio_tmp),
-               GLMIMAGE_CACHE_DIR=str(tiny_model_path.parent), PYTHONDONTWRITEBYTECODE="1",
-               HTTP_PROXY=proxy.url, HTTPS_PROXY=proxy.url, ALL_PROXY=proxy.url, NO_PROXY="127.0.0.1,localhost",
-               **extra_env)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GRADIO_", "GLMIMAGE_", "XDG_", "HF_")) and not k.lower().endswith("_proxy")
+    }
+    env.update(
+        HOME=str(home),
+        TMPDIR=str(tmp),
+        GRADIO_TEMP_DIR=str(gradio_tmp),
+        GLMIMAGE_CACHE_DIR=str(tiny_model_path.parent),
+        PYTHONDONTWRITEBYTECODE="1",
+        HTTP_PROXY=proxy.url,
+        HTTPS_PROXY=proxy.url,
+        ALL_PROXY=proxy.url,
+        NO_PROXY="127.0.0.1,localhost",
+        **extra_env,
+    )
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(APP), "--model", "tiny", "--port", str(port), "--no-warmup",
-                                *flags], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, str(APP), "--model", "tiny", "--port", str(port), "--no-warmup", *flags],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+    )
     return Run(process, f"http://127.0.0.1:{port}/", home, cwd, tmp, gradio_tmp)
 
 
@@ -112,10 +129,12 @@ def visit(run: Run) -> Client:
     """What a visitor does: two generations (English with a negative prompt, Chinese with a style) and a
     refused request, every one with a prompt that must not reach the log."""
     client = Client(run.url, verbose=False, download_files=False)
-    first, *_ = client.predict(**request_kwargs(prompt=CANARIES[0], negative_prompt=CANARIES[1],
-                                                num_inference_steps=1), api_name="/generate")
-    second, *_ = client.predict(**request_kwargs(prompt=CANARIES[2], style="photographic", num_inference_steps=1),
-                                api_name="/generate")
+    first, *_ = client.predict(
+        **request_kwargs(prompt=CANARIES[0], negative_prompt=CANARIES[1], num_inference_steps=1), api_name="/generate"
+    )
+    second, *_ = client.predict(
+        **request_kwargs(prompt=CANARIES[2], style="photographic", num_inference_steps=1), api_name="/generate"
+    )
     with pytest.raises(ValidationError):
         client.predict(**request_kwargs(prompt=CANARIES[0], width=100), api_name="/generate")
     run.image_paths = tuple(Path(item["image"]["path"]) for item in first + second)
@@ -131,10 +150,17 @@ def runs(tiny_model_path, tmp_path_factory) -> dict[str, Run]:
         httpx.get("http://example.invalid/", proxy=proxy.url, timeout=3)
     assert proxy.requests and proxy.requests[0].startswith(b"GET http://example.invalid/")
     proxy.requests.clear()
-    runs = {"default": start(tmp_path_factory.mktemp("default"), tiny_model_path, proxy),
-            # An operator who left Gradio's analytics switched on: the app keeps them off anyway.
-            "log_prompts": start(tmp_path_factory.mktemp("log_prompts"), tiny_model_path, proxy, "--log-prompts",
-                                 GRADIO_ANALYTICS_ENABLED="True")}
+    runs = {
+        "default": start(tmp_path_factory.mktemp("default"), tiny_model_path, proxy),
+        # An operator who left Gradio's analytics switched on: the app keeps them off anyway.
+        "log_prompts": start(
+            tmp_path_factory.mktemp("log_prompts"),
+            tiny_model_path,
+            proxy,
+            "--log-prompts",
+            GRADIO_ANALYTICS_ENABLED="True",
+        ),
+    }
     try:
         clients = []
         for run in runs.values():

@@ -41,13 +41,23 @@ class Page:
         """Fire ``event`` on the component with ``elem_id`` (None: the page, for "load"); inputs by elem id (the
         State is sent as null, as the browser does). Returns the outputs by elem id."""
         target = self.id_of[elem_id] if elem_id else None
-        dep = next(d for d in self.config["dependencies"] if d["backend_fn"]
-                   and any(e == event and (target is None or t == target) for t, e in d["targets"]))
+        dep = next(
+            d
+            for d in self.config["dependencies"]
+            if d["backend_fn"] and any(e == event and (target is None or t == target) for t, e in d["targets"])
+        )
         data = [inputs.get(self.elem_of.get(cid) or "", None) for cid in dep["inputs"]]
         with httpx.Client(base_url=self.url, headers=self.headers, timeout=60) as http:
-            joined = http.post("/gradio_api/queue/join", json={
-                "data": data, "fn_index": dep["id"], "session_hash": self.session_hash, "event_data": None,
-                "trigger_id": target})
+            joined = http.post(
+                "/gradio_api/queue/join",
+                json={
+                    "data": data,
+                    "fn_index": dep["id"],
+                    "session_hash": self.session_hash,
+                    "event_data": None,
+                    "trigger_id": target,
+                },
+            )
             joined.raise_for_status()
             event_id = joined.json()["event_id"]
             with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": self.session_hash}) as stream:
@@ -56,8 +66,10 @@ class Page:
                     if message.get("msg") == "process_completed" and message.get("event_id") == event_id:
                         assert message["success"], message
                         outputs = [shown(value) for value in message["output"]["data"]]
-                        return {self.elem_of.get(cid) or f"#{cid}": value for cid, value in zip(dep["outputs"],
-                                                                                               outputs, strict=True)}
+                        return {
+                            self.elem_of.get(cid) or f"#{cid}": value
+                            for cid, value in zip(dep["outputs"], outputs, strict=True)
+                        }
         raise AssertionError(f"{elem_id} {event}: no result")
 
 
@@ -101,8 +113,7 @@ def test_one_sessions_history_and_log_never_show_another_sessions_prompts(server
     generate(client_b, prompt=B_PROMPT)
     generate(client_a, prompt=A_PROMPT, seed=99)
 
-    for client, own, other in ((client_a, "alpha-canary", "bravo-canary"), (client_b, "bravo-canary",
-                                                                                    "alpha-canary")):
+    for client, own, other in ((client_a, "alpha-canary", "bravo-canary"), (client_b, "bravo-canary", "alpha-canary")):
         # Any privacy event answers with the page's history gallery and session log; this one changes nothing.
         shown = Page(server.url, client.session_hash).trigger("embed-metadata", "input", **{"embed-metadata": True})
         captions = [item["caption"] for item in shown["history"]]
@@ -117,7 +128,8 @@ def test_one_sessions_history_and_log_never_show_another_sessions_prompts(server
 
 
 def test_clear_history_deletes_this_sessions_entries_and_files_and_leaves_the_other_session_intact(
-        server, client_a, client_b):
+    server, client_a, client_b
+):
     a_result, *_ = generate(client_a, prompt=A_PROMPT)
     b_result, *_ = generate(client_b, prompt=B_PROMPT)
     a_png, b_png = path_of(a_result[0]["image"]), path_of(b_result[0]["image"])
@@ -147,9 +159,13 @@ def test_new_session_empties_history_and_log_deletes_the_files_and_resets_every_
     assert fresh.id != old.id and fresh.history == []
     assert shown["history"] == [] and [e["event"] for e in shown["session-log"]] == ["new_session"]
     # Every control's default as the page config gives it (an empty textbox is null there, "" once set).
-    defaults = {c["props"]["elem_id"]: "" if c["type"] == "textbox" and c["props"].get("value") is None
-                else c["props"].get("value") for c in page.config["components"]
-                if c["type"] in ("textbox", "number", "slider", "dropdown", "checkbox") and c["props"].get("elem_id")}
+    defaults = {
+        c["props"]["elem_id"]: ""
+        if c["type"] == "textbox" and c["props"].get("value") is None
+        else c["props"].get("value")
+        for c in page.config["components"]
+        if c["type"] in ("textbox", "number", "slider", "dropdown", "checkbox") and c["props"].get("elem_id")
+    }
     assert len(defaults) >= 14
     for elem_id, default in defaults.items():
         assert elem_id in shown, f"New session leaves {elem_id} as it was"
@@ -204,8 +220,13 @@ def test_downloaded_pngs_carry_the_prompt_and_parameters_only_while_embedding_is
 
     from glmimage.requests import GenerationRequest
 
-    expected = a1111_parameters(details["final_prompt"], details["final_negative_prompt"],
-                                GenerationRequest(**request.request), seed, details["model"])
+    expected = a1111_parameters(
+        details["final_prompt"],
+        details["final_negative_prompt"],
+        GenerationRequest(**request.request),
+        seed,
+        details["model"],
+    )
     assert text == {"parameters": expected}
     assert expected.splitlines()[0] == prompt and f"Negative prompt: {negative}" in expected
     assert "Steps: 1, Sampler: FlowMatchEuler, CFG scale: 3.5, Seed: 42, Size: 512x512" in expected
@@ -263,8 +284,11 @@ def test_deep_links_write_nothing_and_reveal_no_session(server, client_a):
 
 def test_the_page_sets_no_cookies_and_keeps_nothing_in_the_browser(server, client_a):
     result, *_ = generate(client_a, prompt=A_PROMPT)
-    responses = [httpx.get(server.url, timeout=30), httpx.get(f"{server.url}config", timeout=30),
-                 httpx.get(result[0]["image"]["url"], timeout=30)]
+    responses = [
+        httpx.get(server.url, timeout=30),
+        httpx.get(f"{server.url}config", timeout=30),
+        httpx.get(result[0]["image"]["url"], timeout=30),
+    ]
     assert all(r.status_code == 200 and not r.headers.get_list("set-cookie") for r in responses)
     config = responses[1].json()
     assert config["run_history"] is False and config["analytics_enabled"] is False
@@ -277,9 +301,13 @@ def test_only_generate_is_callable_by_api_clients(client_a):
     assert list(api["named_endpoints"]) == ["/generate"] and not api["unnamed_endpoints"]
 
 
-@pytest.mark.parametrize("language, words", [("en-US,en;q=0.9", ("Privacy", "60 minutes", "120 minutes",
-                                                                   "does not record your prompts")),
-                                             ("zh-CN,zh;q=0.9", ("隐私", "60 分钟", "120 分钟", "不记录你的提示词"))])
+@pytest.mark.parametrize(
+    "language, words",
+    [
+        ("en-US,en;q=0.9", ("Privacy", "60 minutes", "120 minutes", "does not record your prompts")),
+        ("zh-CN,zh;q=0.9", ("隐私", "60 分钟", "120 分钟", "不记录你的提示词")),
+    ],
+)
 def test_the_page_shows_the_privacy_notice_in_the_visitors_language(server, client_a, language, words):
     shown = Page(server.url, client_a.session_hash, language).trigger(None, "load")
     assert all(word in shown["privacy-notice"] for word in words), shown["privacy-notice"]

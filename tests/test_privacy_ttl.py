@@ -54,8 +54,11 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> float:
 def anything_mentions(server, text: str) -> bool:
     """Whether any session Gradio still holds (our State or Gradio's own record of inputs/outputs) has ``text``."""
     for session_state in list(server.app.demo.state_holder.session_data.values()):
-        blob = json.dumps([session_state.config_values, [repr(v) for v in session_state.state_data.values()]],
-                          default=str, ensure_ascii=False)
+        blob = json.dumps(
+            [session_state.config_values, [repr(v) for v in session_state.state_data.values()]],
+            default=str,
+            ensure_ascii=False,
+        )
         if text in blob:
             return True
     return False

@@ -50,8 +50,9 @@ def limited(start_server):
 
 @pytest.fixture(scope="module")
 def behind_proxy(start_server):
-    return start_server(rate_limit="1/minute", trusted_proxies="127.0.0.1", max_jobs_per_client=1,
-                        engine_factory=CountingEngine)
+    return start_server(
+        rate_limit="1/minute", trusted_proxies="127.0.0.1", max_jobs_per_client=1, engine_factory=CountingEngine
+    )
 
 
 def test_a_burst_over_the_limit_is_refused_before_queuing_while_another_client_is_served(limited):
@@ -84,8 +85,7 @@ def test_after_the_window_the_client_is_served_again(limited):
 def test_a_forged_x_forwarded_for_does_not_dodge_the_limit(limited):
     # From 127.0.0.1, whose X-Forwarded-For uvicorn would believe by default.
     client = http_client(limited.url, source="127.0.0.1")
-    statuses = [submit(client, fast(), headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code
-                for i in range(4)]
+    statuses = [submit(client, fast(), headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code for i in range(4)]
     assert statuses == [200, 200, 200, 422]
 
 
@@ -117,8 +117,9 @@ def test_a_client_may_have_only_max_jobs_per_client_waiting_or_running(behind_pr
     assert running.status_code == 200
     second = submit(client, fast())
     assert second.status_code == 422
-    assert refusal(second) == {"prompt": "You already have 1 generations waiting or running. "
-                                         "Please wait for one to finish."}
+    assert refusal(second) == {
+        "prompt": "You already have 1 generations waiting or running. Please wait for one to finish."
+    }
     assert finish(client, running) == "image"
 
 
@@ -126,8 +127,9 @@ def test_rate_limit_zero_disables_the_limit_and_a_limit_refuses_with_the_wait(st
     unlimited = GenerationService(Settings(model="tiny", rate_limit="0"), server.app.engine, styles, lambda: "tiny")
     for _ in range(50):
         unlimited.admit(fast(), "203.0.113.1", "session", 0)
-    limited = GenerationService(Settings(model="tiny", rate_limit="3/minute"), server.app.engine, styles,
-                                lambda: "tiny")
+    limited = GenerationService(
+        Settings(model="tiny", rate_limit="3/minute"), server.app.engine, styles, lambda: "tiny"
+    )
     for _ in range(3):
         limited.admit(fast(), "203.0.113.1", "session", 0)
     with pytest.raises(Refused) as caught:

@@ -12,8 +12,18 @@ import pytest
 from glmimage import limits
 from glmimage.requests import GenerationRequest, InputError, check_token_count, validate_request
 
-VALID = dict(prompt="a red apple", negative_prompt="", style="none", width=512, height=512, num_images=1, seed=7,
-             randomize_seed=False, num_inference_steps=2, guidance_scale=3.5)
+VALID = dict(
+    prompt="a red apple",
+    negative_prompt="",
+    style="none",
+    width=512,
+    height=512,
+    num_images=1,
+    seed=7,
+    randomize_seed=False,
+    num_inference_steps=2,
+    guidance_scale=3.5,
+)
 
 
 def validate(styles, **overrides):
@@ -32,11 +42,22 @@ def test_valid_values_come_back_unchanged_as_a_typed_request(styles):
     assert request.to_dict() == VALID
 
 
-@pytest.mark.parametrize("field, value", [
-    ("width", 512), ("width", 2048), ("height", 2048), ("num_images", 4), ("seed", 0),
-    ("seed", limits.MAX_SEED), ("num_inference_steps", 1), ("num_inference_steps", 100), ("guidance_scale", 0),
-    ("guidance_scale", 20), ("num_images", 1),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("width", 512),
+        ("width", 2048),
+        ("height", 2048),
+        ("num_images", 4),
+        ("seed", 0),
+        ("seed", limits.MAX_SEED),
+        ("num_inference_steps", 1),
+        ("num_inference_steps", 100),
+        ("guidance_scale", 0),
+        ("guidance_scale", 20),
+        ("num_images", 1),
+    ],
+)
 def test_values_on_the_edges_of_each_range_are_accepted(styles, field, value):
     assert getattr(validate(styles, **{field: value}), field) == value
 

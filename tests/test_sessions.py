@@ -15,16 +15,33 @@ from glmimage.limits import MAX_HISTORY_ENTRIES, MAX_LOG_ENTRIES
 from glmimage.requests import GenerationRequest
 from glmimage.sessions import FileSweeper, HistoryEntry, Session, a1111_parameters, dispose_session, save_png
 
-REQUEST = GenerationRequest(prompt="a red apple", negative_prompt="blurry", style="none", width=512, height=512,
-                            num_images=1, seed=42, randomize_seed=False, num_inference_steps=2, guidance_scale=3.5)
+REQUEST = GenerationRequest(
+    prompt="a red apple",
+    negative_prompt="blurry",
+    style="none",
+    width=512,
+    height=512,
+    num_images=1,
+    seed=42,
+    randomize_seed=False,
+    num_inference_steps=2,
+    guidance_scale=3.5,
+)
 
 
 def add_entry(session: Session, name: str, created: float | None = None) -> HistoryEntry:
     path = session.new_file()
     save_png(Image.new("RGB", (8, 8), "red"), path, None)
-    entry = HistoryEntry(id=name, created=time.time() if created is None else created, files=[str(path)],
-                         request=REQUEST.to_dict(), seed=42, final_prompt="a red apple", final_negative_prompt="",
-                         timings={"model_s": 0.1})
+    entry = HistoryEntry(
+        id=name,
+        created=time.time() if created is None else created,
+        files=[str(path)],
+        request=REQUEST.to_dict(),
+        seed=42,
+        final_prompt="a red apple",
+        final_negative_prompt="",
+        timings={"model_s": 0.1},
+    )
     session.add_history(entry)
     return entry
 

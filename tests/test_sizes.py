@@ -10,21 +10,25 @@ from glmimage import limits
 from glmimage.sizes import SizePreset, largest_legal_side, load_size_presets, size_problem
 
 
-@pytest.mark.parametrize("width, height", [(512, 512), (1024, 1024), (2048, 1024), (1024, 2048), (1568, 672),
-                                           (2048, 512), (1440, 1440)])
+@pytest.mark.parametrize(
+    "width, height", [(512, 512), (1024, 1024), (2048, 1024), (1024, 2048), (1568, 672), (2048, 512), (1440, 1440)]
+)
 def test_legal_sizes_break_no_rule(width, height):
     assert size_problem(width, height) is None
 
 
-@pytest.mark.parametrize("width, height, key", [
-    (480, 512, "error.side_range"),
-    (512, 2080, "error.side_range"),
-    (0, 512, "error.side_range"),
-    (528, 512, "error.side_multiple"),
-    (512, 1000, "error.side_multiple"),
-    (2048, 2048, "error.too_many_pixels"),
-    (1472, 1472, "error.too_many_pixels"),
-])
+@pytest.mark.parametrize(
+    "width, height, key",
+    [
+        (480, 512, "error.side_range"),
+        (512, 2080, "error.side_range"),
+        (0, 512, "error.side_range"),
+        (528, 512, "error.side_multiple"),
+        (512, 1000, "error.side_multiple"),
+        (2048, 2048, "error.too_many_pixels"),
+        (1472, 1472, "error.too_many_pixels"),
+    ],
+)
 def test_illegal_sizes_name_the_rule_they_break(width, height, key):
     assert size_problem(width, height) == key
 
@@ -57,8 +61,9 @@ def test_preset_label_shows_ratio_and_size():
 
 def test_a_presets_file_with_an_illegal_size_is_refused_naming_the_preset(tmp_path):
     path = tmp_path / "sizes.json"
-    path.write_text(json.dumps([{"ratio": "1:1", "width": 1024, "height": 1024},
-                                {"ratio": "odd", "width": 1000, "height": 1024}]))
+    path.write_text(
+        json.dumps([{"ratio": "1:1", "width": 1024, "height": 1024}, {"ratio": "odd", "width": 1000, "height": 1024}])
+    )
     with pytest.raises(ValueError, match="odd · 1000×1024"):
         load_size_presets(path)
 

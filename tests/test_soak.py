@@ -38,8 +38,9 @@ def test_three_hundred_generations_keep_memory_history_log_and_files_bounded(ser
     started = time.perf_counter()
     after_first: float | None = None
     for n in range(1, GENERATIONS + 1):
-        values = request_kwargs(prompt=PROMPTS[n % len(PROMPTS)], num_inference_steps=1, guidance_scale=0.0,
-                                randomize_seed=True)
+        values = request_kwargs(
+            prompt=PROMPTS[n % len(PROMPTS)], num_inference_steps=1, guidance_scale=0.0, randomize_seed=True
+        )
         if n % THROUGH_SERVER_EVERY == 0:
             values.update(num_inference_steps=2, guidance_scale=3.5)
             outcome = call(client, values, session_hash="soak-session")
@@ -51,9 +52,11 @@ def test_three_hundred_generations_keep_memory_history_log_and_files_bounded(ser
             after_first = rss_mb()
     at_end = rss_mb()
     elapsed = time.perf_counter() - started
-    print(f"\nsoak: {GENERATIONS} generations in {elapsed:.1f} s ({GENERATIONS // THROUGH_SERVER_EVERY} through the "
-          f"server); RSS after {MEASURE_AFTER}: {after_first:.0f} MiB, at the end: {at_end:.0f} MiB "
-          f"({at_end - after_first:+.0f} MiB, bound +{GROWTH_BOUND_MB:.0f})")
+    print(
+        f"\nsoak: {GENERATIONS} generations in {elapsed:.1f} s ({GENERATIONS // THROUGH_SERVER_EVERY} through the "
+        f"server); RSS after {MEASURE_AFTER}: {after_first:.0f} MiB, at the end: {at_end:.0f} MiB "
+        f"({at_end - after_first:+.0f} MiB, bound +{GROWTH_BOUND_MB:.0f})"
+    )
 
     assert at_end - after_first < GROWTH_BOUND_MB
     assert len(session.history) == MAX_HISTORY_ENTRIES

@@ -89,20 +89,23 @@ def test_negative_prompt_is_optional_in_the_file(tmp_path):
     assert load_styles(write_styles(tmp_path, [data])).get("ink").negative_prompt == ""
 
 
-@pytest.mark.parametrize("entries, words", [
-    ({"ink": entry()}, "expected a list"),
-    (["ink"], "must be an object"),
-    ([entry(style_id="")], "needs an 'id'"),
-    ([entry(style_id=NO_STYLE)], "needs an 'id'"),
-    ([entry(), entry(en="Other", zh="别的")], "duplicate id"),
-    ([entry(), entry(style_id="ink2", zh="别的")], "duplicate 'en' name"),
-    ([entry(), entry(style_id="ink2", en="Other")], "duplicate 'zh' name"),
-    ([entry(zh="  ")], "missing the 'zh' name"),
-    ([{**entry(), "name": "Ink"}], "'name' must map"),
-    ([entry(prompt="ink painting")], "{prompt} exactly once"),
-    ([entry(prompt="{prompt} and {prompt}")], "{prompt} exactly once"),
-    ([entry(negative=["photo"])], "'negative_prompt' must be text"),
-])
+@pytest.mark.parametrize(
+    "entries, words",
+    [
+        ({"ink": entry()}, "expected a list"),
+        (["ink"], "must be an object"),
+        ([entry(style_id="")], "needs an 'id'"),
+        ([entry(style_id=NO_STYLE)], "needs an 'id'"),
+        ([entry(), entry(en="Other", zh="别的")], "duplicate id"),
+        ([entry(), entry(style_id="ink2", zh="别的")], "duplicate 'en' name"),
+        ([entry(), entry(style_id="ink2", en="Other")], "duplicate 'zh' name"),
+        ([entry(zh="  ")], "missing the 'zh' name"),
+        ([{**entry(), "name": "Ink"}], "'name' must map"),
+        ([entry(prompt="ink painting")], "{prompt} exactly once"),
+        ([entry(prompt="{prompt} and {prompt}")], "{prompt} exactly once"),
+        ([entry(negative=["photo"])], "'negative_prompt' must be text"),
+    ],
+)
 def test_a_broken_styles_file_is_refused_naming_the_style_and_the_problem(tmp_path, entries, words):
     with pytest.raises(ValueError) as caught:
         load_styles(write_styles(tmp_path, entries))

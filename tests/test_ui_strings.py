@@ -20,7 +20,7 @@ def _key(value: object) -> str | None:
     if isinstance(key, str):
         return key
     if isinstance(value, str) and value.startswith(I18N_PREFIX):
-        return json.loads(value[len(I18N_PREFIX):])["key"]
+        return json.loads(value[len(I18N_PREFIX) :])["key"]
     return None
 
 
@@ -44,16 +44,20 @@ def _visible_texts(demo):
 
 
 def test_every_label_placeholder_info_and_button_text_is_a_translation_key(page):
-    plain = [f"{type(b).__name__}#{b.elem_id}.{attr}={value!r}" for b, attr, value in _visible_texts(page.demo)
-             if _key(value) is None]
+    plain = [
+        f"{type(b).__name__}#{b.elem_id}.{attr}={value!r}"
+        for b, attr, value in _visible_texts(page.demo)
+        if _key(value) is None
+    ]
     assert plain == []
 
 
 def test_every_key_the_page_uses_exists_in_english_and_chinese(page):
     tables = page.i18n.translations
     used = {_key(value) for _, _, value in _visible_texts(page.demo)}
-    used |= {_key(label) for b in page.demo.blocks.values() for label, _ in getattr(b, "choices", None) or []
-             if _key(label)}
+    used |= {
+        _key(label) for b in page.demo.blocks.values() for label, _ in getattr(b, "choices", None) or [] if _key(label)
+    }
     assert used, "the page should use translation keys"
     for locale in ("en", "zh-CN"):
         missing = sorted(k for k in used if k not in tables[locale])

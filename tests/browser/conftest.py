@@ -16,16 +16,26 @@ from playwright.sync_api import sync_playwright
 from .glm_page import DESKTOP, SCREENSHOTS, UI_TIMEOUT_MS, GlmPage
 
 CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run", "--disable-quic"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing, so the page cannot be tested in a browser. Install Debian's browser and "
-                    "a Chinese font: `apt-get install -y chromium fonts-wqy-microhei` (tests/run.sh does this). "
-                    "Do not run `playwright install`.", pytrace=False)
+        pytest.fail(
+            f"{CHROMIUM} is missing, so the page cannot be tested in a browser. Install Debian's browser and "
+            "a Chinese font: `apt-get install -y chromium fonts-wqy-microhei` (tests/run.sh does this). "
+            "Do not run `playwright install`.",
+            pytrace=False,
+        )
     for stale in SCREENSHOTS.glob("FAILED-*.png"):  # from an earlier run; this run's failures write their own
         stale.unlink()
     with sync_playwright() as playwright:

@@ -102,7 +102,9 @@ class GlmPage:
         self.page.wait_for_function(
             """previous => { const img = document.querySelector('#result img');
                              return img && img.complete && img.naturalWidth > 0 && img.src !== previous; }""",
-            arg=before_src, timeout=GENERATION_TIMEOUT_MS)
+            arg=before_src,
+            timeout=GENERATION_TIMEOUT_MS,
+        )
         expect(self.history_items).to_have_count(before_history + 1, timeout=UI_TIMEOUT_MS)
         return self.image_size()
 

@@ -14,9 +14,26 @@ pytestmark = pytest.mark.browser
 
 PHONE = {"width": 390, "height": 844}
 # Blocks a visitor uses, none inside another, so no two may overlap.
-KEY_ELEMENTS = ["#header", "#model-status", "#prompt", "#generate", "#stop", "#style", "#size-preset", "#width",
-                "#height", "#num-images", "#advanced", "#result", "#timings", "#seed-used", "#examples",
-                "#history-empty", "#clear-history", "#new-session"]
+KEY_ELEMENTS = [
+    "#header",
+    "#model-status",
+    "#prompt",
+    "#generate",
+    "#stop",
+    "#style",
+    "#size-preset",
+    "#width",
+    "#height",
+    "#num-images",
+    "#advanced",
+    "#result",
+    "#timings",
+    "#seed-used",
+    "#examples",
+    "#history-empty",
+    "#clear-history",
+    "#new-session",
+]
 
 
 def overlap(a: dict, b: dict) -> float:
@@ -33,8 +50,9 @@ def test_narrow_window_has_no_overflow_or_overlap_and_generate_works(open_page):
     boxes = {selector: page.locator(selector).bounding_box() for selector in KEY_ELEMENTS}
     missing = [selector for selector, box in boxes.items() if box is None or box["width"] < 1]
     assert missing == []
-    outside = [selector for selector, box in boxes.items()
-               if box["x"] < -1 or box["x"] + box["width"] > PHONE["width"] + 1]
+    outside = [
+        selector for selector, box in boxes.items() if box["x"] < -1 or box["x"] + box["width"] > PHONE["width"] + 1
+    ]
     assert outside == []
     overlapping = [(a, b) for a, b in itertools.combinations(KEY_ELEMENTS, 2) if overlap(boxes[a], boxes[b]) > 1]
     assert overlapping == []
