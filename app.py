@@ -2,7 +2,7 @@
 
 import sys
 
-from glmimage.server import main
+from glmimage.web.server import main
 
 if __name__ == "__main__":
     sys.exit(main())

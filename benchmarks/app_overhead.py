@@ -9,10 +9,10 @@ more paths are timed after each pair: HTTP calls without a session (Gradio build
 separate API callers) and gradio_client (it polls its result queue in 50-100 ms sleeps).
 
 Fairness: the server runs in a subprocess (``python app.py --model tiny --no-warmup --rate-limit 0``), the script
-in this process, so they never share a GIL. Both load the pipeline with ``glmimage.loading.PipelineLoader``, run
+in this process, so they never share a GIL. Both load the pipeline with ``glmimage.models.loading.PipelineLoader``, run
 torch with the same intra-op thread count (``--threads``: ``torch.set_num_threads`` here, ``OMP_NUM_THREADS`` for
 the server), call it from one long-lived worker thread (the app's engine worker; here one of the same kind), and
-use the same allocator setting (``glmimage.server.keep_freed_memory``; without it glibc hands freed memory back
+use the same allocator setting (``glmimage.web.server.keep_freed_memory``; without it glibc hands freed memory back
 after each generation and the next one faults it in again, ~30 % slower for the tiny model). Minor page faults per
 call are reported, so a difference there would show. Pairs alternate which side goes first, after warm-up calls.
 
@@ -74,7 +74,7 @@ class Script:
     long-lived worker thread, as the app's engine runs it."""
 
     def __init__(self) -> None:
-        from glmimage.loading import PipelineLoader
+        from glmimage.models.loading import PipelineLoader
 
         self.pipe = PipelineLoader("tiny", warmup=False).start().wait(300)
         self.folder = Path(tempfile.mkdtemp(prefix="glmimage-bench-script-"))
@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from glmimage.server import keep_freed_memory
+    from glmimage.web.server import keep_freed_memory
 
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as app.py does in the server
@@ -369,10 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["goal_met"] = judged["goal_met"]
     method = (
         f"the server in a subprocess (`{server.display_command()}`), the script in the benchmark process "
-        f"(no shared GIL); both load the pipeline with glmimage.loading.PipelineLoader, run torch with "
+        f"(no shared GIL); both load the pipeline with glmimage.models.loading.PipelineLoader, run torch with "
         f"{args.threads} intra-op threads (torch.set_num_threads here, OMP_NUM_THREADS for the server), "
         "call it from one long-lived worker thread with glibc told to keep freed memory "
-        "(glmimage.server.keep_freed_memory); both save with glmimage.sessions.save_png (PNG, "
+        "(glmimage.web.server.keep_freed_memory); both save with glmimage.sessions.save_png (PNG, "
         "compress_level=1). Each pair alternates which side goes first. The app is timed from the POST to the "
         "last image byte with one keep-alive httpx client, every call in one Gradio session (as one browser "
         "tab). A pair is quiet when other processes used less "

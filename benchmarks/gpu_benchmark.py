@@ -1,4 +1,4 @@
-"""Seconds per image and peak GPU memory of CogView4 with each GPU fast path of glmimage.accel.
+"""Seconds per image and peak GPU memory of CogView4 with each GPU fast path of glmimage.models.accel.
 
 The components are FULL-SIZE CogView4-6B (transformer 6.4B, GLM-4-9B text encoder 8.8B, VAE) with random weights,
 created in place on the GPU in bf16 (built on the meta device, then ``to_empty`` and ``normal_``), so real timings
@@ -6,8 +6,9 @@ and memory come in seconds without downloading weights. Random weights draw nois
 are those of the real model, except the first-block cache, whose hit rate depends on the weights; the table counts
 the transformer passes that really ran all blocks so a cache result can be judged.
 
-Each variant is isolated: its own freshly built pipeline, ``glmimage.accel.prepare_pipeline`` with its fast paths,
-one warm-up generation (it includes compilation; reported separately), then ``--repeats`` timed generations.
+Each variant is isolated: its own freshly built pipeline, ``glmimage.models.accel.prepare_pipeline`` with its
+fast paths, one warm-up generation (it includes compilation; reported separately), then ``--repeats`` timed
+generations.
 Prompts are encoded with ``bucketed_prompt_embeds`` inside the timed region, as the app does. A variant that
 fails is reported with the reason and the rest go on; on a machine without CUDA, variants that need it are
 reported as skipped. Results are written after each variant, to PREFIX.md and PREFIX.json.
@@ -15,7 +16,7 @@ reported as skipped. Results are written after each variant, to PREFIX.md and PR
     python benchmarks/gpu_benchmark.py [--shrunk] [--device cuda|cpu] [--steps N] [--size WxH]
         [--variants plain,compile,cache,offload,int8,best] [--repeats N] [--out PREFIX]
 
-``--shrunk`` uses configs as small as glmimage.tiny's, so the whole script runs on CPU in seconds (CI).
+``--shrunk`` uses configs as small as glmimage.models.tiny's, so the whole script runs on CPU in seconds (CI).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing the package
     sys.path.insert(0, str(REPO_ROOT))
 
-from glmimage.accel import FastPaths, bucketed_prompt_embeds, prepare_pipeline  # noqa: E402
-from glmimage.tiny import _build_tokenizer  # noqa: E402
+from glmimage.models.accel import FastPaths, bucketed_prompt_embeds, prepare_pipeline  # noqa: E402
+from glmimage.models.tiny import _build_tokenizer  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "gpu_benchmark"
 DEFAULT_VARIANTS = ("plain", "compile", "cache", "offload", "int8", "best")
@@ -100,7 +101,7 @@ FULL_VAE = {
     "use_post_quant_conv": False,
     "mid_block_add_attention": False,
 }
-# As small as glmimage.tiny, with the same block counts that drive shapes.
+# As small as glmimage.models.tiny, with the same block counts that drive shapes.
 SHRUNK_TEXT_ENCODER = {
     "hidden_size": 32,
     "intermediate_size": 64,

@@ -10,8 +10,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
-from .accel import OFFLOAD_MODES, QUANTIZE_MODES, FastPaths
 from .limits import DEFAULT_MODEL
+from .models.accel import OFFLOAD_MODES, QUANTIZE_MODES, FastPaths
 from .ratelimit import RateLimit, parse_trusted_proxies
 
 DTYPES = ("auto", "bfloat16", "float32")

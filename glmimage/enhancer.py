@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from .errors import AppError
+
 logger = logging.getLogger("glmimage.enhancer")
 
 SYSTEM_PROMPT = (
@@ -64,17 +66,14 @@ _CODE_FENCE = re.compile(r"```(?:[\w+-]*[ \t]*\n)?(.*?)\n?```", re.DOTALL)
 _QUOTE_PAIRS = {'"': '"', "'": "'", "“": "”", "‘": "’", "「": "」", "『": "』"}
 
 
-class EnhancerError(Exception):
-    """Raised with a `key` attribute naming the failure so the UI can word it in the visitor's language.
-
-    `detail` is for logs and developers (an HTTP status, an exception type); it never holds the API key.
-    """
+class EnhancerError(AppError):
+    """The enhancer failed; ``key`` names the failure, ``detail`` (an HTTP status, an exception type) is for logs
+    and never holds the API key."""
 
     def __init__(self, key: str, detail: str = "") -> None:
         if key not in ERROR_KEYS:
             raise ValueError(f"Unknown enhancer error key {key!r}; expected one of {', '.join(ERROR_KEYS)}")
-        super().__init__(f"{key}: {detail}" if detail else key)
-        self.key = key
+        super().__init__(key, f"{key}: {detail}" if detail else key)
         self.detail = detail
 
 

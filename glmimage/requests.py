@@ -13,17 +13,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import limits
+from .errors import InputError
 from .sizes import size_problem
 from .styles import StyleBook
-
-
-class InputError(ValueError):
-    """Bad input. ``key`` and ``params`` let the UI word the message in the visitor's language."""
-
-    def __init__(self, key: str, english: str, **params: object) -> None:
-        super().__init__(english)
-        self.key = key
-        self.params = params
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings
-from .engine import Engine, EngineError, GenerationResult, StepCallback, StopCheck
+from .engine.base import Engine, GenerationResult, StepCallback, StopCheck
+from .errors import EngineError, InputError, Refused
 from .ratelimit import SlidingWindowLimiter
-from .requests import GenerationRequest, InputError, check_prompt_tokens, validate_request
+from .requests import GenerationRequest, check_prompt_tokens, validate_request
 from .sessions import HistoryEntry, Session, a1111_parameters, save_png
 from .styles import StyleBook
 
@@ -36,15 +37,6 @@ API_FIELDS = (
     "num_inference_steps",
     "guidance_scale",
 )
-
-
-class Refused(Exception):
-    """A request refused before queuing for a reason other than bad input (rate limit, too many jobs)."""
-
-    def __init__(self, key: str, **params: object) -> None:
-        super().__init__(key)
-        self.key = key
-        self.params = params
 
 
 @dataclass

@@ -23,8 +23,8 @@ for _name, _prefix in (("GRADIO_TEMP_DIR", "glmimage-test-gradio-"), ("GLMIMAGE_
 import pytest  # noqa: E402
 
 from glmimage.config import Settings  # noqa: E402
+from glmimage.models.tiny import ensure_tiny_model  # noqa: E402
 from glmimage.styles import StyleBook, load_styles  # noqa: E402
-from glmimage.tiny import ensure_tiny_model  # noqa: E402
 
 # The size and step count every end-to-end test uses: real code on the tiny model, fast on a CPU.
 SMALL = dict(width=512, height=512, num_inference_steps=2)
@@ -93,7 +93,7 @@ class RunningServer:
 def start_server(tiny_model_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start a server with the given settings (tiny model, loopback, free port); all are closed at the end."""
     from glmimage.engine import LocalEngine
-    from glmimage.server import launch
+    from glmimage.web.server import launch
 
     servers: list[RunningServer] = []
 

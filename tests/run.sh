@@ -11,5 +11,8 @@ if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi "we
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium fonts-wqy-microhei
 fi
+# Style first: the tree stays ruff-clean and formatted (pyproject.toml holds the rules).
+ruff check .
+ruff format --check .
 export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 python -m pytest "$@"

@@ -1,4 +1,4 @@
-"""The GPU fast paths (glmimage.accel), run for real on the tiny CogView4 pipeline on CPU."""
+"""The GPU fast paths (glmimage.models.accel), run for real on the tiny CogView4 pipeline on CPU."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from diffusers import CogView4Pipeline, FirstBlockCacheConfig
 from PIL import Image
 
-from glmimage.accel import FastPaths, bucketed_prompt_embeds, prepare_pipeline, token_count
+from glmimage.models.accel import FastPaths, bucketed_prompt_embeds, prepare_pipeline, token_count
 
 CPU = torch.device("cpu")
 SIZE = 512

@@ -141,7 +141,7 @@ def test_trusted_proxies_are_parsed_into_a_list():
 
 
 def test_main_refuses_float16_with_exit_code_2_and_the_message(capsys):
-    from glmimage.server import main
+    from glmimage.web.server import main
 
     assert main(["--dtype", "float16"]) == 2
     assert "black images" in capsys.readouterr().err

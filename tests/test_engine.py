@@ -18,10 +18,11 @@ from PIL import Image
 
 from glmimage import limits
 from glmimage.config import Settings
-from glmimage.engine import EngineError, GenerationStopped, LocalEngine, pick_seed
-from glmimage.loading import PipelineLoader
-from glmimage.requests import GenerationRequest, InputError
-from glmimage.service import GenerationService, Refused
+from glmimage.engine import GenerationStopped, LocalEngine, pick_seed
+from glmimage.errors import EngineError, InputError, Refused
+from glmimage.models.loading import PipelineLoader
+from glmimage.requests import GenerationRequest
+from glmimage.service import GenerationService
 from glmimage.sessions import Session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -238,7 +239,7 @@ def test_a_model_that_failed_to_load_gives_its_reason_as_the_error_key(tmp_path,
 
 def test_the_core_modules_never_import_gradio():
     code = (
-        "import sys\nimport glmimage.config, glmimage.engine, glmimage.i18n, glmimage.loading, "
+        "import sys\nimport glmimage.config, glmimage.engine, glmimage.i18n, glmimage.models.loading, "
         "glmimage.requests, glmimage.service, glmimage.sessions, glmimage.sizes, glmimage.styles\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'gradio'))"
     )

@@ -11,7 +11,7 @@ from conftest import free_port, request_kwargs
 from rawhttp import call, healthz, http_client, submit
 
 from glmimage.config import Settings
-from glmimage.server import launch
+from glmimage.web.server import launch
 
 HEALTHZ_BOUND_S = 0.100
 

@@ -23,11 +23,12 @@ from rawhttp import as_data, call, http_client, session_of, submit
 
 import glmimage
 from glmimage import limits
+from glmimage.errors import InputError
 from glmimage.i18n import load_translations
-from glmimage.requests import InputError, validate_request
+from glmimage.requests import validate_request
 from glmimage.service import API_FIELDS
 from glmimage.styles import load_styles
-from glmimage.ui import Texts
+from glmimage.web.ui import Texts
 
 STYLES = load_styles()
 TEXTS = Texts(load_translations())

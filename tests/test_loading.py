@@ -10,9 +10,10 @@ import pytest
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
+from glmimage.errors import ModelNotReady
 from glmimage.limits import DEFAULT_MODEL
-from glmimage.loading import ModelNotReady, ModelState, PipelineLoader, choose_dtype, choose_model, failure_key
-from glmimage.tiny import TINY_MODEL_NAME
+from glmimage.models.loading import ModelState, PipelineLoader, choose_dtype, choose_model, failure_key
+from glmimage.models.tiny import TINY_MODEL_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -214,7 +214,7 @@ def test_the_privacy_notice_states_the_time_limits_in_english_and_chinese(demo, 
 
 
 def test_the_privacy_notice_says_so_when_prompts_are_logged_or_sent_to_an_enhancer(monkeypatch):
-    from glmimage.server import create_app
+    from glmimage.web.server import create_app
 
     monkeypatch.setenv("GLMIMAGE_ENHANCER_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("GLMIMAGE_ENHANCER_MODEL", "glm-4")

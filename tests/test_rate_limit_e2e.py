@@ -18,7 +18,8 @@ from rawhttp import call, http_client, outcome_of, refusal, submit
 
 from glmimage.config import Settings
 from glmimage.engine import GenerationResult, LocalEngine
-from glmimage.service import GenerationService, Refused
+from glmimage.errors import Refused
+from glmimage.service import GenerationService
 
 RETRY = re.compile(r"try again in (\d+) s")
 

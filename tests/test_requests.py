@@ -10,7 +10,8 @@ import math
 import pytest
 
 from glmimage import limits
-from glmimage.requests import GenerationRequest, InputError, check_token_count, validate_request
+from glmimage.errors import InputError
+from glmimage.requests import GenerationRequest, check_token_count, validate_request
 
 VALID = dict(
     prompt="a red apple",

@@ -26,7 +26,7 @@ def _key(value: object) -> str | None:
 
 @pytest.fixture(scope="module")
 def page():
-    from glmimage.server import create_app
+    from glmimage.web.server import create_app
 
     return create_app(Settings(model="tiny", warmup=False))
 

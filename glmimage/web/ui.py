@@ -19,18 +19,18 @@ from typing import Any
 
 import gradio as gr
 
-from . import limits
-from .config import Settings
-from .engine import Engine, EngineError
-from .enhancer import EnhancerError, PromptEnhancer
-from .i18n import Translator, language_of
-from .loading import ModelState, PipelineLoader
-from .ratelimit import client_ip
-from .requests import InputError
-from .service import API_FIELDS, GenerationService, Refused
-from .sessions import Session, dispose_session
-from .sizes import SizePreset, largest_legal_side, size_problem
-from .styles import NO_STYLE, StyleBook
+from .. import limits
+from ..config import Settings
+from ..engine import Engine
+from ..enhancer import EnhancerError, PromptEnhancer
+from ..errors import EngineError, InputError, Refused
+from ..i18n import Translator, language_of
+from ..models.loading import ModelState, PipelineLoader
+from ..ratelimit import client_ip
+from ..service import API_FIELDS, GenerationService
+from ..sessions import Session, dispose_session
+from ..sizes import SizePreset, largest_legal_side, size_problem
+from ..styles import NO_STYLE, StyleBook
 
 log = logging.getLogger("glmimage.ui")
 # Gradio finds the progress tracker by this default value (its documented pattern).

@@ -1,6 +1,5 @@
-"""The engine: one generation request in, one result out.
+"""The local engine: generations on this machine's pipeline.
 
-The UI talks only to the :class:`Engine` interface, so another backend (a remote GPU pool) can stand behind it.
 :class:`LocalEngine` runs the cached pipeline on long-lived worker threads (torch's CPU thread pool slows down
 when the calling thread changes, and Gradio alternates its threads), reports each step, stops between steps when
 asked, and turns every failure into an :class:`EngineError` whose key the UI words for the visitor.
@@ -12,83 +11,20 @@ import concurrent.futures
 import copy
 import gc
 import logging
-import secrets
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from .accel import bucketed_prompt_embeds, token_count
-from .limits import MAX_SEED
-from .loading import ModelNotReady, ModelState, PipelineLoader
-from .requests import GenerationRequest, check_prompt_tokens
-from .styles import StyleBook, StyledPrompt
+from ..errors import EngineError, ModelNotReady
+from ..models.accel import bucketed_prompt_embeds, token_count
+from ..models.loading import ModelState, PipelineLoader
+from ..requests import GenerationRequest, check_prompt_tokens
+from ..styles import StyleBook, StyledPrompt
+from .base import GenerationResult, GenerationStopped, StepCallback, StopCheck, Timings, is_out_of_memory, pick_seed
 
 log = logging.getLogger("glmimage.engine")
 
-StepCallback = Callable[[int, int], None]  # (steps done, total steps)
-StopCheck = Callable[[], bool]
 LOAD_TIMEOUT_S = 1800.0
-
-
-class EngineError(RuntimeError):
-    """A generation failed; ``key`` is the message key, ``params`` its values."""
-
-    def __init__(self, key: str, **params: object) -> None:
-        super().__init__(key)
-        self.key = key
-        self.params = params
-
-
-class GenerationStopped(EngineError):
-    """The visitor pressed Stop or went away: the job ended between two steps and freed the GPU."""
-
-    def __init__(self, steps_done: int, total: int) -> None:
-        super().__init__("status.stopped", step=steps_done, total=total)
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Seconds spent in each part of one generation (the UI adds queue wait, saving and total)."""
-
-    load_wait_s: float
-    model_s: float
-    per_step_s: float
-    steps: int
-
-
-@dataclass
-class GenerationResult:
-    request: GenerationRequest
-    seed: int
-    final: StyledPrompt
-    images: list[Any]  # PIL images
-    timings: Timings
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Engine(Protocol):
-    """What the UI needs from a backend."""
-
-    def submit(
-        self, request: GenerationRequest, on_step: StepCallback | None = None, should_stop: StopCheck | None = None
-    ) -> concurrent.futures.Future[GenerationResult]: ...
-
-    def count_tokens(self, text: str) -> int | None: ...
-
-    def close(self) -> None: ...
-
-
-def pick_seed(request: GenerationRequest) -> int:
-    """The seed to use: the request's, or a fresh random one that is reported back so the image can be remade."""
-    return secrets.randbelow(MAX_SEED + 1) if request.randomize_seed else request.seed
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 class LocalEngine:

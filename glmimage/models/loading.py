@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ModelNotReady
+from ..limits import DEFAULT_MODEL
 from .accel import FastPaths, prepare_pipeline
-from .limits import DEFAULT_MODEL
 from .tiny import TINY_MODEL_NAME, ensure_tiny_model
 
 log = logging.getLogger("glmimage.loading")
@@ -26,15 +27,6 @@ class ModelState(enum.StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
-
-
-class ModelNotReady(RuntimeError):
-    """The model failed to load (``key`` names the reason for the UI) or did not load in time."""
-
-    def __init__(self, key: str, detail: str = "") -> None:
-        super().__init__(f"{key}: {detail}" if detail else key)
-        self.key = key
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -132,7 +124,7 @@ class PipelineLoader:
         if not self._done.wait(timeout):
             raise ModelNotReady("load.timeout")
         if self.state is ModelState.FAILED:
-            raise ModelNotReady(self.error_key, self.error_detail)
+            raise ModelNotReady(self.error_key, detail=self.error_detail)
         return self._pipe
 
     @property

@@ -23,14 +23,14 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from .config import Settings, load_settings  # noqa: E402
-from .engine import Engine, LocalEngine  # noqa: E402
-from .enhancer import EnhancerConfig, PromptEnhancer  # noqa: E402
-from .i18n import load_translations  # noqa: E402
-from .loading import PipelineLoader  # noqa: E402
-from .sessions import FileSweeper  # noqa: E402
-from .sizes import ASSETS_DIR, load_size_presets  # noqa: E402
-from .styles import StyleBook, load_styles  # noqa: E402
+from ..config import Settings, load_settings  # noqa: E402
+from ..engine import Engine, LocalEngine  # noqa: E402
+from ..enhancer import EnhancerConfig, PromptEnhancer  # noqa: E402
+from ..i18n import load_translations  # noqa: E402
+from ..models.loading import PipelineLoader  # noqa: E402
+from ..sessions import FileSweeper  # noqa: E402
+from ..sizes import ASSETS_DIR, load_size_presets  # noqa: E402
+from ..styles import StyleBook, load_styles  # noqa: E402
 
 log = logging.getLogger("glmimage")
 
