@@ -111,6 +111,7 @@ def wire(ctx: Context) -> None:
             [page.prompt],
             [page.prompt],
             validator=bind(check_enhancement, ctx),
+            preprocess=False,  # the validator words every refusal itself, in the visitor's language
             api_visibility="private",
             concurrency_limit=ENHANCER_CONCURRENCY,
             concurrency_id="enhancer",
@@ -241,15 +242,16 @@ async def check_generation(
     return [gr.validate(True, "")] * len(API_FIELDS) + [None]
 
 
-async def check_enhancement(ctx: Context, text: Any, request: gr.Request) -> list[Any]:
+async def check_enhancement(ctx: Context, text: Any, request: gr.Request) -> dict[str, Any]:
     """What the enhancer may send out is a prompt within the prompt's rules, and each visitor has an allowance
-    of calls; checked before the call queues, however it was sent (the page, or a replay by event index)."""
+    of calls; checked before the call queues, however it was sent (the page, its event index, its API name).
+    One input, so one result (a list would be read as the value of that one input, and pass)."""
     client = handlers.client_address(request)
     try:
         ctx.service.admit_enhancement(text, client, request.session_hash or client)
     except (InputError, Refused) as exc:
-        return [gr.validate(False, handlers.message(ctx.translator, exc, handlers.language(request)))]
-    return [gr.validate(True, "")]
+        return gr.validate(False, handlers.message(ctx.translator, exc, handlers.language(request)))
+    return gr.validate(True, "")
 
 
 # ---- the end of a session -------------------------------------------------------------------------------------------
