@@ -171,8 +171,6 @@ class GenerationService:
             files=files,
             request=request.to_dict(),
             seed=result.seed,
-            final_prompt=result.final.prompt,
-            final_negative_prompt=result.final.negative_prompt,
             timings=timings,
         )
         if session.keep_history:

@@ -55,8 +55,6 @@ def session_with_one_entry(ctx: handlers.Context) -> Session:
             files=files,
             request=PARAMETERS,
             seed=424242,
-            final_prompt="",
-            final_negative_prompt="",
             timings=TIMINGS,
         )
     )

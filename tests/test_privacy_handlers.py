@@ -58,8 +58,6 @@ def session_with_history(files_root: Path, entries: int = 2) -> Session:
                 files=[str(path)],
                 request=REQUEST.to_dict(),
                 seed=11,
-                final_prompt=PROMPT,
-                final_negative_prompt=NEGATIVE,
                 timings={"model_s": 0.1},
             )
         )
