@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--warmup",
         action=argparse.BooleanOptionalAction,
-        help="one small generation at start-up so the first visitor does not pay for it",
+        help="one small generation at start-up (512x512, 2 steps, no guidance), so the first visitor does not pay "
+        "for first-use set-up; with --compile, the first generation at another size or with guidance still compiles",
     )
     model.add_argument("--cache-dir", help="where the tiny model is built (default ~/.cache/glmimage)")
     serving = p.add_argument_group("serving")

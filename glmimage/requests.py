@@ -59,6 +59,12 @@ def _text(field: str, value: object, *, required: bool) -> str:
     return value
 
 
+def validate_prompt_text(value: object) -> str:
+    """A prompt checked as ``/generate`` checks it (text, length, no control characters, not empty); also used
+    for what the prompt enhancer may send out."""
+    return _text("prompt", value, required=True)
+
+
 def _integer(field: str, value: object, low: int, high: int) -> int:
     """A whole number in [low, high]; 512.0 is accepted (JSON has one number type), 512.5 and True are not."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

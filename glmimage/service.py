@@ -18,8 +18,8 @@ from typing import Any
 from .config import Settings
 from .engine.base import Engine, GenerationResult, StepCallback, StopCheck
 from .errors import EngineError, InputError, Refused
-from .ratelimit import SlidingWindowLimiter
-from .requests import GenerationRequest, check_prompt_tokens, validate_request
+from .ratelimit import VisitorLimiter
+from .requests import GenerationRequest, check_prompt_tokens, validate_prompt_text, validate_request
 from .sessions import HistoryEntry, Session, a1111_parameters, save_png
 from .styles import StyleBook
 
@@ -57,7 +57,9 @@ class GenerationService:
         self.engine = engine
         self.styles = styles
         self.model_name = model_name
-        self.limiter = SlidingWindowLimiter(settings.parsed_rate_limit)
+        self.limiter = VisitorLimiter(settings.parsed_rate_limit)
+        # The prompt enhancer calls an outside service: an allowance of its own, of the same size.
+        self.enhancer_limiter = VisitorLimiter(settings.parsed_rate_limit)
 
     def admit(
         self,
@@ -75,19 +77,29 @@ class GenerationService:
             check_prompt_tokens(final.prompt, final.negative_prompt, self.engine.count_tokens)
             if self.settings.max_jobs_per_client and jobs_for_client >= self.settings.max_jobs_per_client:
                 raise Refused("error.too_many_jobs", max=self.settings.max_jobs_per_client)
-            retry_after = self.limiter.check(f"ip:{client}", f"session:{session_key}")
-            if retry_after > 0:
-                raise Refused(
-                    "error.rate_limited",
-                    seconds=max(1, round(retry_after + 0.5)),
-                    limit=str(self.settings.parsed_rate_limit),
-                )
+            self._count(self.limiter, client, session_key)
         except (InputError, Refused) as exc:
             log.info("refused request: %s", exc.key)
             if session is not None:
                 session.record("refused", reason=exc.key, **self._loggable(raw))
             raise
         return request
+
+    def admit_enhancement(self, text: object, client: str, session_key: str) -> str:
+        """Check a prompt the enhancer is asked to rewrite, as a prompt is checked, and count it against the
+        visitor's enhancer allowance; raises InputError or Refused. An empty prompt passes uncounted: the enhancer
+        refuses it itself, without calling out."""
+        if isinstance(text, str) and not text.strip():
+            return text
+        checked = validate_prompt_text(text)
+        self._count(self.enhancer_limiter, client, session_key)
+        return checked
+
+    def _count(self, limiter: VisitorLimiter, client: str, session_key: str) -> None:
+        """One request against the visitor's address and session; Refused with the wait when either is used up."""
+        retry_after = limiter.hit(f"ip:{client}", f"session:{session_key}")
+        if retry_after > 0:
+            raise Refused("error.rate_limited", seconds=max(1, round(retry_after + 0.5)), limit=str(limiter.limit))
 
     def validated(self, raw: Mapping[str, Any]) -> GenerationRequest:
         return validate_request(self.styles, **{name: raw.get(name) for name in API_FIELDS})
@@ -159,8 +171,6 @@ class GenerationService:
             files=files,
             request=request.to_dict(),
             seed=result.seed,
-            final_prompt=result.final.prompt,
-            final_negative_prompt=result.final.negative_prompt,
             timings=timings,
         )
         if session.keep_history:

@@ -52,13 +52,13 @@ def save_png(image: Image.Image, path: Path, parameters: str | None) -> Path:
 
 @dataclass
 class HistoryEntry:
+    """One generation kept in the session's history: what a click on it restores."""
+
     id: str
-    created: float
+    created: float  # time.time(): entries older than --file-ttl are dropped with their files
     files: list[str]
-    request: dict[str, Any]
-    seed: int
-    final_prompt: str
-    final_negative_prompt: str
+    request: dict[str, Any]  # the request's parameters (GenerationRequest.to_dict())
+    seed: int  # the seed actually used
     timings: dict[str, float]
 
 

@@ -131,6 +131,6 @@ def healthz(client: httpx.Client) -> tuple[float, dict[str, Any]]:
 def session_of(demo: Any, session_hash: str) -> Any:
     """The glmimage Session a visitor's ``gr.State`` holds on the (in-process) server."""
     from glmimage.sessions import Session
+    from glmimage.web.gradio_adapter import session_values
 
-    state = demo.state_holder.session_data[session_hash]
-    return next(value for value in state.state_data.values() if isinstance(value, Session))
+    return next(value for value in session_values(demo, session_hash) if isinstance(value, Session))

@@ -99,9 +99,13 @@ def test_a_bad_rate_limit_is_refused_from_a_flag_or_the_environment(rate):
         settings(GLMIMAGE_RATE_LIMIT=rate)
 
 
-@pytest.mark.parametrize("rate", ["0", "6/minute", "100/hour"])
-def test_rate_limit_forms_are_accepted(rate):
-    assert settings(["--rate-limit", rate]).parsed_rate_limit is not None
+@pytest.mark.parametrize(
+    "rate, requests, period_s", [("0", 0, 0.0), ("6/minute", 6, 60.0), ("100/hour", 100, 3600.0), ("6/30s", 6, 30.0)]
+)
+def test_rate_limit_forms_are_accepted_with_their_meaning(rate, requests, period_s):
+    from_flag = settings(["--rate-limit", rate]).parsed_rate_limit
+    assert (from_flag.requests, from_flag.period_s) == (requests, period_s)
+    assert settings(GLMIMAGE_RATE_LIMIT=rate).parsed_rate_limit == from_flag
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from PIL import Image
 from glmimage import limits
 from glmimage.service import API_FIELDS
 from glmimage.sessions import Session
+from glmimage.web.gradio_adapter import session_values
 
 TIMING_KEYS = {"queue_s", "load_wait_s", "model_s", "per_step_s", "save_s", "total_s"}
 # About 1100 tokens with the tiny byte-level tokenizer, yet under the 4000-character cap: refused by the engine.
@@ -38,8 +39,7 @@ def pixels(gallery_item: dict) -> np.ndarray:
 
 def session_of(server, client) -> Session:
     """The Session object the server keeps in this client's gr.State."""
-    state = server.app.demo.state_holder.session_data[client.session_hash]
-    return next(value for value in state.state_data.values() if isinstance(value, Session))
+    return next(value for value in session_values(server.app.demo, client.session_hash) if isinstance(value, Session))
 
 
 def history_ids(server, client) -> list[str]:

@@ -30,7 +30,10 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 def test_shrunk_cpu_run_writes_json_and_markdown_with_positive_timings(tmp_path):
     out = tmp_path / "results" / "bench"
+    # A threshold no step difference reaches: every pass after the first step is a cache hit, so the count of
+    # passes that ran every block shows whether the cache really skipped work.
     args = ["--shrunk", "--device", "cpu", "--steps", "2", "--size", "512x512", "--variants", "plain,cache"]
+    args += ["--cache-threshold", "1e9"]
     completed = _run([*args, "--out", str(out)], tmp_path)
     assert completed.returncode == 0, completed.stderr[-4000:]
 
@@ -48,6 +51,7 @@ def test_shrunk_cpu_run_writes_json_and_markdown_with_positive_timings(tmp_path)
         assert result["transformer_passes_per_image"] == 4  # 2 steps x (cond + uncond)
         assert 1 <= result["full_transformer_passes_per_image"] <= 4
     assert results["plain"]["full_transformer_passes_per_image"] == 4  # no cache: every pass runs every block
+    assert results["cache"]["full_transformer_passes_per_image"] == 2  # step 0 only (cond + uncond)
 
     markdown = Path(f"{out}.md").read_text(encoding="utf-8")
     assert "| variant |" in markdown

@@ -28,10 +28,10 @@ from glmimage.i18n import load_translations
 from glmimage.requests import validate_request
 from glmimage.service import API_FIELDS
 from glmimage.styles import load_styles
-from glmimage.web.ui import Texts
+from glmimage.web.handlers import message
 
 STYLES = load_styles()
-TEXTS = Texts(load_translations())
+TRANSLATOR = load_translations()
 REPO = str(Path(glmimage.__file__).resolve().parent.parent)
 # One step: every accepted call draws a real image, so keep each one cheap.
 BASE = request_kwargs(num_inference_steps=1)
@@ -74,7 +74,7 @@ def expected_refusal(values: dict[str, Any]) -> tuple[str, str] | None:
         field = exc.params.get("field") or (
             "width" if "width" in exc.params else "style" if exc.key == "error.unknown_style" else "prompt"
         )
-        return str(field), TEXTS(exc.key, "en", **exc.params)
+        return str(field), message(TRANSLATOR, exc, "en")
     return None
 
 

@@ -1,7 +1,7 @@
-"""Privacy promises checked one level below the page: the private handlers (Clear history, New session, the two
-privacy checkboxes, the privacy notice) called as Gradio calls them, and the session and service code they use.
+"""Privacy promises checked one level below the page: the handlers of Clear history, New session, the two privacy
+checkboxes and the privacy notice (glmimage.web.handlers) called directly, and the session and service code they use.
 
-These handlers are ``api_visibility="private"``, so gradio_client cannot reach them; test_privacy_server.py drives
+These events are ``api_visibility="private"``, so gradio_client cannot reach them; test_privacy_server.py drives
 the same events through the server the way the browser does.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
 import pytest
@@ -20,6 +19,7 @@ from glmimage.config import Settings, load_settings
 from glmimage.requests import GenerationRequest
 from glmimage.service import GenerationService
 from glmimage.sessions import PROMPT_FIELDS, FileSweeper, HistoryEntry, Session, a1111_parameters, save_png
+from glmimage.web import handlers
 
 PROMPT = "handler-canary a lighthouse at dusk"
 NEGATIVE = "handler-canary-negative blurry"
@@ -36,11 +36,6 @@ REQUEST = GenerationRequest(
     guidance_scale=3.5,
 )
 CONTROL_TYPES = (gr.Textbox, gr.Number, gr.Slider, gr.Dropdown, gr.Checkbox)
-
-
-def handler(demo: gr.Blocks, name: str) -> Any:
-    """The page's event of that function name (the function Gradio calls, and its inputs and outputs)."""
-    return next(fn for fn in demo.fns.values() if fn.fn is not None and fn.fn.__name__ == name)
 
 
 def english() -> gr.Request:
@@ -63,8 +58,6 @@ def session_with_history(files_root: Path, entries: int = 2) -> Session:
                 files=[str(path)],
                 request=REQUEST.to_dict(),
                 seed=11,
-                final_prompt=PROMPT,
-                final_negative_prompt=NEGATIVE,
                 timings={"model_s": 0.1},
             )
         )
@@ -77,17 +70,30 @@ def demo(server) -> gr.Blocks:
     return server.app.demo
 
 
+@pytest.fixture(scope="module")
+def ctx(server) -> handlers.Context:
+    """The page's handler context: its components and the services behind them."""
+    return server.app.context
+
+
 @pytest.fixture
 def files_root(server) -> Path:
     return Path(server.app.files_root)
 
 
-def test_clear_history_empties_history_deletes_every_file_and_logs_how_many_went(demo, files_root):
+def test_clear_history_empties_history_deletes_every_file_and_logs_how_many_went(ctx, files_root):
     session = session_with_history(files_root)
     pngs = [Path(f) for entry in session.history for f in entry.files]
     assert all(p.exists() for p in pngs)
 
-    returned, gallery, empty_note, log, download = handler(demo, "do_clear").fn(session, english())
+    out = handlers.clear_history(ctx, session, english())
+    page = ctx.page
+    returned, gallery, empty_note, log = (
+        out[page.session],
+        out[page.history],
+        out[page.history_empty],
+        out[page.session_log],
+    )
 
     assert returned is session and session.history == [] and gallery["value"] == []
     assert gallery["visible"] is False and empty_note["visible"] is True
@@ -97,12 +103,12 @@ def test_clear_history_empties_history_deletes_every_file_and_logs_how_many_went
     assert log[-1]["entries"] == 2
 
 
-def test_the_downloadable_log_is_this_sessions_log_as_json_inside_its_folder(demo, files_root):
+def test_the_downloadable_log_is_this_sessions_log_as_json_inside_its_folder(ctx, files_root):
     session = session_with_history(files_root, entries=1)
     other = session_with_history(files_root, entries=1)
     other.record("refused", prompt="other-visitor-canary")
 
-    *_, download = handler(demo, "do_clear").fn(session, english())
+    download = handlers.clear_history(ctx, session, english())[ctx.page.log_download]
 
     log_file = Path(download.value["path"])
     assert log_file.parent == session.folder  # so dispose (tab closed, TTL, New session) deletes it
@@ -112,11 +118,11 @@ def test_the_downloadable_log_is_this_sessions_log_as_json_inside_its_folder(dem
     assert len(list(session.folder.glob("*.json"))) == 1  # each update replaces the previous file
 
 
-def test_new_session_deletes_the_old_sessions_files_history_and_log(demo, files_root):
+def test_new_session_deletes_the_old_sessions_files_history_and_log(ctx, files_root):
     old = session_with_history(files_root)
     old_folder = old.folder
 
-    fresh, *_ = handler(demo, "do_new_session").fn(old, english())
+    fresh = handlers.new_session(ctx, old, english())[ctx.page.session]
 
     assert not old_folder.exists()
     assert old.history == [] and old.log == []
@@ -125,9 +131,8 @@ def test_new_session_deletes_the_old_sessions_files_history_and_log(demo, files_
     assert fresh.keep_history and fresh.embed_metadata
 
 
-def test_new_session_puts_every_control_of_the_page_back_to_its_default(demo, files_root):
-    event = handler(demo, "do_new_session")
-    values = dict(zip(event.outputs, event.fn(session_with_history(files_root), english()), strict=True))
+def test_new_session_puts_every_control_of_the_page_back_to_its_default(ctx, demo, files_root):
+    values = handlers.new_session(ctx, session_with_history(files_root), english())
     controls = [block for block in demo.blocks.values() if isinstance(block, CONTROL_TYPES)]
     assert len(controls) >= 14
     for control in controls:
@@ -139,11 +144,12 @@ def test_new_session_puts_every_control_of_the_page_back_to_its_default(demo, fi
     assert by_id["details"] is None and by_id["session-log"] == [{**by_id["session-log"][0], "event": "new_session"}]
 
 
-def test_turning_keep_history_off_deletes_the_history_and_the_prompt_text_of_earlier_log_lines(demo, files_root):
+def test_turning_keep_history_off_deletes_the_history_and_the_prompt_text_of_earlier_log_lines(ctx, files_root):
     session = session_with_history(files_root)
     pngs = [Path(f) for entry in session.history for f in entry.files]
 
-    returned, gallery, _, log, _ = handler(demo, "set_keep_history").fn(session, False, english())
+    out = handlers.set_keep_history(ctx, session, False, english())
+    returned, gallery, log = out[ctx.page.session], out[ctx.page.history], out[ctx.page.session_log]
 
     assert returned.keep_history is False and session.history == [] and gallery["value"] == []
     assert not any(p.exists() for p in pngs)
@@ -152,11 +158,11 @@ def test_turning_keep_history_off_deletes_the_history_and_the_prompt_text_of_ear
     assert log[0]["width"] == 512 and log[0]["timings"] == {"model_s": 0.1}  # the rest of each line stays
 
 
-def test_the_embed_metadata_checkbox_sets_the_sessions_choice_and_logs_it(demo, files_root):
+def test_the_embed_metadata_checkbox_sets_the_sessions_choice_and_logs_it(ctx, files_root):
     session = Session(str(files_root))
-    handler(demo, "set_embed_metadata").fn(session, False)
+    handlers.set_embed_metadata(ctx, session, False)
     assert session.embed_metadata is False
-    handler(demo, "set_embed_metadata").fn(session, True)
+    handlers.set_embed_metadata(ctx, session, True)
     assert session.embed_metadata is True
     assert [(e["event"], e["embed_metadata"]) for e in session.log] == [
         ("setting_changed", False),
@@ -201,10 +207,9 @@ def test_generated_pngs_carry_the_a1111_parameters_only_while_embedding_is_on(se
     assert "parameters" not in Image.open(without.files[0]).info
 
 
-def test_the_privacy_notice_states_the_time_limits_in_english_and_chinese(demo, server):
-    show_status = handler(demo, "show_status").fn
-    *_, english_notice = show_status(english())
-    *_, chinese_notice = show_status(chinese())
+def test_the_privacy_notice_states_the_time_limits_in_english_and_chinese(ctx, server):
+    english_notice = handlers.show_status(ctx, english())[ctx.page.privacy_notice]
+    chinese_notice = handlers.show_status(ctx, chinese())[ctx.page.privacy_notice]
     minutes = (str(round(server.settings.session_ttl / 60)), str(round(server.settings.file_ttl / 60)))
     for notice in (english_notice, chinese_notice):
         assert all(m in notice for m in minutes)
@@ -220,8 +225,8 @@ def test_the_privacy_notice_says_so_when_prompts_are_logged_or_sent_to_an_enhanc
     monkeypatch.setenv("GLMIMAGE_ENHANCER_MODEL", "glm-4")
     app = create_app(Settings(model="tiny", warmup=False, log_prompts=True, session_ttl=600, file_ttl=1800))
     app.loader.wait(120)
-    *_, english_notice = handler(app.demo, "show_status").fn(english())
-    *_, chinese_notice = handler(app.demo, "show_status").fn(chinese())
+    english_notice = handlers.show_status(app.context, english())[app.context.page.privacy_notice]
+    chinese_notice = handlers.show_status(app.context, chinese())[app.context.page.privacy_notice]
     assert "your prompts are written to the server's log" in english_notice
     assert "does not record" not in english_notice
     assert "10 minutes" in english_notice and "30 minutes" in english_notice

@@ -21,6 +21,7 @@ from gradio_client.exceptions import ValidationError
 from PIL import Image
 
 from glmimage.sessions import Session, a1111_parameters
+from glmimage.web.gradio_adapter import session_values
 
 A_PROMPT = "alpha-canary a red fox in snow"
 B_PROMPT = "bravo-canary a blue whale at night"
@@ -81,8 +82,7 @@ def shown(value: Any) -> Any:
 
 
 def session_of(server, client) -> Session:
-    state = server.app.demo.state_holder.session_data[client.session_hash]
-    return next(value for value in state.state_data.values() if isinstance(value, Session))
+    return next(value for value in session_values(server.app.demo, client.session_hash) if isinstance(value, Session))
 
 
 def generate(client, **overrides) -> tuple:

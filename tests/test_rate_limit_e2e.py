@@ -137,3 +137,13 @@ def test_rate_limit_zero_disables_the_limit_and_a_limit_refuses_with_the_wait(st
         limited.admit(fast(), "203.0.113.1", "session", 0)
     assert caught.value.key == "error.rate_limited"
     assert 1 <= caught.value.params["seconds"] <= 61 and caught.value.params["limit"] == "3/minute"
+
+
+def test_a_trusted_network_written_with_host_bits_is_trusted_as_the_network(start_server):
+    # "127.0.0.1/8" is accepted by --trusted-proxies (host bits allowed) and means the network 127.0.0.0/8.
+    server = start_server(rate_limit="1/minute", trusted_proxies="127.0.0.1/8")
+    proxy = http_client(server.url, source="127.0.0.40")
+    assert call(proxy, fast(), headers={"X-Forwarded-For": "203.0.113.50"}).kind == "image"
+    assert call(proxy, fast(), headers={"X-Forwarded-For": "203.0.113.51"}).kind == "image"  # another visitor
+    again = submit(proxy, fast(), headers={"X-Forwarded-For": "203.0.113.50"})
+    assert again.status_code == 422 and "Too many requests" in refusal(again)["prompt"]

@@ -1,36 +1,22 @@
-"""Tests for glmimage.ratelimit: limits parse strictly, limiters admit exactly what they promise, and a
-visitor cannot forge their address. A fake clock stands in for time, so nothing sleeps."""
+"""Rate limits: settings parse strictly, and the service admits exactly what the limit promises, per address and
+per session, for /generate and for the prompt enhancer (counting is the `limits` library's moving window, in real
+time: one test waits one second). That a visitor cannot forge their address is checked through the server in
+test_rate_limit_e2e.py."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
+from conftest import request_kwargs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from glmimage.ratelimit import (
-    RateLimit,
-    SlidingWindowLimiter,
-    client_ip,
-    parse_trusted_proxies,
-)
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_limiter(text: str, max_keys: int = 100_000) -> tuple[SlidingWindowLimiter, FakeClock]:
-    clock = FakeClock()
-    return SlidingWindowLimiter(RateLimit.parse(text), clock=clock, max_keys=max_keys), clock
-
+from glmimage.config import Settings
+from glmimage.errors import InputError, Refused
+from glmimage.ratelimit import RateLimit, parse_trusted_proxies
+from glmimage.service import GenerationService
 
 # --- RateLimit.parse -------------------------------------------------------------------------------------------
 
@@ -136,279 +122,104 @@ def test_constructor_rejects_invalid_values(requests: int, period_s: float) -> N
         RateLimit(requests=requests, period_s=period_s)
 
 
-# --- SlidingWindowLimiter --------------------------------------------------------------------------------------
+# --- counting, through the service that admits every /generate and enhancer call ---------------------------------
 
 
-def test_burst_over_limit_is_refused_with_exact_retry_after() -> None:
-    limiter, clock = make_limiter("3/minute")
-    for t in (0.0, 1.0, 2.0):
-        clock.now = t
-        assert limiter.check("ip") == 0.0
-    clock.now = 3.0
-    assert limiter.check("ip") == pytest.approx(57.0)
-    clock.now = 59.999
-    assert limiter.check("ip") == pytest.approx(0.001)
-    clock.now = 60.001
-    assert limiter.check("ip") == 0.0
+def service_with(server, styles, rate: str) -> GenerationService:
+    """The service the page uses, with its own counters, on the test server's engine (tiny model)."""
+    return GenerationService(Settings(model="tiny", rate_limit=rate), server.app.engine, styles, lambda: "tiny")
 
 
-def test_window_slides_one_hit_at_a_time() -> None:
-    limiter, clock = make_limiter("3/minute")
-    for t in (0.0, 1.0, 2.0):
-        clock.now = t
-        limiter.check("ip")
-    clock.now = 60.0  # only the hit at t=0 has left the window
-    assert limiter.check("ip") == 0.0
-    assert limiter.check("ip") == pytest.approx(1.0)  # next room when the t=1 hit leaves
-    clock.now = 61.0
-    assert limiter.check("ip") == 0.0
+def admitted(service: GenerationService, client: str, session: str, **overrides) -> bool:
+    try:
+        service.admit(request_kwargs(**overrides), client, session, 0)
+    except Refused:
+        return False
+    return True
 
 
-def test_refused_requests_do_not_extend_the_wait() -> None:
-    limiter, clock = make_limiter("1/10s")
-    assert limiter.check("ip") == 0.0
-    for t in range(1, 10):
-        clock.now = float(t)
-        assert limiter.check("ip") == pytest.approx(10.0 - t)
-    clock.now = 10.0
-    assert limiter.check("ip") == 0.0
+def test_a_burst_over_the_limit_is_refused_with_the_wait_and_the_limit(server, styles):
+    service = service_with(server, styles, "3/minute")
+    assert [admitted(service, "203.0.113.1", f"s{i}") for i in range(3)] == [True, True, True]
+    with pytest.raises(Refused) as caught:
+        service.admit(request_kwargs(), "203.0.113.1", "s3", 0)
+    assert caught.value.key == "error.rate_limited"
+    assert caught.value.params == {"seconds": caught.value.params["seconds"], "limit": "3/minute"}
+    assert 59 <= caught.value.params["seconds"] <= 61
 
 
-def test_two_keys_are_independent() -> None:
-    limiter, _ = make_limiter("2/minute")
-    assert limiter.check("a") == 0.0
-    assert limiter.check("a") == 0.0
-    assert limiter.check("a") > 0
-    assert limiter.check("b") == 0.0
-    assert limiter.check("b") == 0.0
-    assert limiter.check("b") > 0
+def test_after_the_window_the_visitor_is_admitted_again(server, styles):
+    service = service_with(server, styles, "1/1s")
+    assert admitted(service, "203.0.113.2", "s")
+    with pytest.raises(Refused) as caught:
+        service.admit(request_kwargs(), "203.0.113.2", "s", 0)
+    assert caught.value.params["seconds"] == 1
+    time.sleep(1.05)
+    assert admitted(service, "203.0.113.2", "s")
 
 
-def test_check_with_two_keys_refuses_when_either_is_exhausted() -> None:
-    limiter, clock = make_limiter("2/minute")
-    limiter.check("ip")
-    limiter.check("ip")
-    clock.now = 5.0
-    assert limiter.check("ip", "session-1") == pytest.approx(55.0)
-    assert limiter.check("ip-2", "session-2") == 0.0
-    assert limiter.check("ip-3", "session-2") == 0.0
-    assert limiter.check("ip-4", "session-2") == pytest.approx(60.0)
+def test_the_limit_counts_the_address_and_the_session_and_a_refusal_uses_up_neither(server, styles):
+    service = service_with(server, styles, "2/minute")
+    assert admitted(service, "ip-a", "s1") and admitted(service, "ip-a", "s1")
+    assert not admitted(service, "ip-a", "s2")  # the address is used up
+    # The refusal above counted nothing for session s2: its whole allowance is still there.
+    assert admitted(service, "ip-b", "s2") and admitted(service, "ip-c", "s2")
+    assert not admitted(service, "ip-d", "s2")  # now the session is used up, whatever the address
+    assert admitted(service, "ip-d", "s3")  # another visitor entirely
 
 
-def test_refused_check_records_nothing_under_any_key() -> None:
-    limiter, _ = make_limiter("2/minute")
-    limiter.check("ip")
-    limiter.check("ip")
-    for _ in range(10):
-        assert limiter.check("ip", "session") > 0
-    # The session was never admitted, so its whole allowance is still there.
-    assert limiter.check("session") == 0.0
-    assert limiter.check("session") == 0.0
-    assert limiter.check("session") > 0
+def test_bad_input_and_the_job_cap_are_refused_without_using_the_allowance(server, styles):
+    service = service_with(server, styles, "1/minute")
+    with pytest.raises(InputError):
+        service.admit(request_kwargs(width=513), "ip-e", "s", 0)
+    with pytest.raises(Refused, match="error.too_many_jobs"):
+        GenerationService(
+            Settings(model="tiny", rate_limit="1/minute", max_jobs_per_client=1), server.app.engine, styles, str
+        ).admit(request_kwargs(), "ip-e", "s", 1)
+    assert admitted(service, "ip-e", "s")
 
 
-def test_retry_after_is_for_the_most_limited_key() -> None:
-    limiter, clock = make_limiter("1/minute")
-    limiter.check("early")
-    clock.now = 30.0
-    limiter.check("late")
-    clock.now = 40.0
-    assert limiter.check("early", "late") == pytest.approx(50.0)
-
-
-def test_same_key_twice_counts_once() -> None:
-    limiter, _ = make_limiter("2/minute")
-    assert limiter.check("x", "x") == 0.0
-    assert limiter.check("x") == 0.0
-    assert limiter.check("x") > 0
-
-
-def test_check_without_keys_is_an_error() -> None:
-    limiter, _ = make_limiter("2/minute")
-    with pytest.raises(ValueError):
-        limiter.check()
-
-
-def test_disabled_limit_never_refuses_and_tracks_nothing() -> None:
-    limiter, _ = make_limiter("0")
-    for _ in range(1000):
-        assert limiter.check("ip", "session") == 0.0
-    assert len(limiter) == 0
-
-
-def test_reset_forgets_every_key() -> None:
-    limiter, _ = make_limiter("1/hour")
-    limiter.check("a")
-    limiter.check("b")
-    limiter.reset()
-    assert len(limiter) == 0
-    assert limiter.check("a") == 0.0
-
-
-def test_more_than_max_keys_evicts_the_stalest() -> None:
-    limiter, clock = make_limiter("1/hour", max_keys=3)
-    for t, key in enumerate(["a", "b", "c", "d"]):
-        clock.now = float(t)
-        assert limiter.check(key) == 0.0
-    assert len(limiter) == 3
-    assert limiter.check("b") > 0  # still tracked
-    assert limiter.check("d") > 0
-    assert limiter.check("a") == 0.0  # evicted, so its history is gone; this evicts "b" in turn
-    assert len(limiter) == 3
-    assert limiter.check("b") == 0.0
-
-
-def test_key_count_never_exceeds_max_keys() -> None:
-    limiter, clock = make_limiter("5/hour", max_keys=50)
-    for i in range(1000):
-        clock.now = i * 0.01
-        limiter.check(f"ip-{i}", f"session-{i}")
-        assert len(limiter) <= 50
-
-
-def test_expired_keys_are_dropped_even_if_never_checked_again() -> None:
-    limiter, clock = make_limiter("3/minute")
-    for i in range(100):
-        limiter.check(f"visitor-{i}")
-    assert len(limiter) == 100
-    clock.now = 60.0
-    limiter.check("newcomer")
-    assert len(limiter) == 1
-
-
-def test_old_timestamps_of_a_key_are_pruned() -> None:
-    limiter, clock = make_limiter("2/minute")
-    for t in (0.0, 50.0):
-        clock.now = t
-        limiter.check("ip")
-    clock.now = 70.0  # the t=0 hit is pruned; the t=50 hit still counts
-    assert limiter.check("ip") == 0.0
-    assert limiter.check("ip") == pytest.approx(40.0)
-
-
-def test_many_threads_on_one_key_admit_exactly_the_limit() -> None:
-    requests = 25
-    limiter = SlidingWindowLimiter(RateLimit(requests=requests, period_s=60.0), clock=FakeClock(1.0))
-    threads_count, attempts_per_thread = 16, 50
-    start = threading.Barrier(threads_count)
-    admitted: list[int] = []
-    admitted_lock = threading.Lock()
+def test_many_threads_of_one_visitor_get_exactly_the_limit(server, styles):
+    service = service_with(server, styles, "25/minute")
+    start = threading.Barrier(8)
+    results: list[bool] = []
 
     def hammer() -> None:
         start.wait()
-        mine = sum(limiter.check("shared-ip") == 0.0 for _ in range(attempts_per_thread))
-        with admitted_lock:
-            admitted.append(mine)
+        mine = [admitted(service, "shared-ip", "shared-session") for _ in range(10)]
+        results.extend(mine)
 
-    threads = [threading.Thread(target=hammer) for _ in range(threads_count)]
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sum(admitted) == requests
+    assert results.count(True) == 25
 
 
-@given(
-    requests=st.integers(min_value=1, max_value=10),
-    offsets=st.lists(st.floats(min_value=0.0, max_value=59.999, allow_nan=False), max_size=60),
-)
-def test_hits_within_one_period_never_admit_more_than_requests(requests: int, offsets: list[float]) -> None:
-    clock = FakeClock(1000.0)
-    limiter = SlidingWindowLimiter(RateLimit(requests=requests, period_s=60.0), clock=clock)
-    admitted = 0
-    for offset in sorted(offsets):
-        clock.now = 1000.0 + offset
-        retry_after = limiter.check("ip")
-        if retry_after == 0.0:
-            admitted += 1
-        else:
-            assert retry_after > 0
-    assert admitted == min(requests, len(offsets))
+def test_the_setting_zero_admits_everything(server, styles):
+    service = service_with(server, styles, "0")
+    assert all(admitted(service, "ip-f", "s") for _ in range(200))
 
 
-@given(
-    requests=st.integers(min_value=1, max_value=5),
-    gaps=st.lists(st.floats(min_value=0.0, max_value=30.0, allow_nan=False), max_size=80),
-)
-def test_no_sliding_window_ever_holds_more_than_requests(requests: int, gaps: list[float]) -> None:
-    clock = FakeClock()
-    limiter = SlidingWindowLimiter(RateLimit(requests=requests, period_s=10.0), clock=clock)
-    admitted_at: list[float] = []
-    for gap in gaps:
-        clock.now += gap
-        if limiter.check("ip") == 0.0:
-            admitted_at.append(clock.now)
-    for start in admitted_at:
-        assert sum(start <= t < start + 10.0 for t in admitted_at) <= requests
+def test_the_enhancer_has_an_allowance_of_its_own_and_checks_its_text_like_a_prompt(server, styles):
+    service = service_with(server, styles, "1/minute")
+    assert admitted(service, "ip-g", "s")
+    assert service.admit_enhancement("a fox", "ip-g", "s") == "a fox"  # generating used none of it
+    with pytest.raises(Refused, match="error.rate_limited"):
+        service.admit_enhancement("a fox", "ip-g", "s")
+    with pytest.raises(InputError) as caught:
+        service_with(server, styles, "1/minute").admit_enhancement("x" * 5000, "ip-h", "s")
+    assert caught.value.key == "error.text_too_long" and caught.value.params["field"] == "prompt"
+    with pytest.raises(InputError) as caught:
+        service.admit_enhancement("a\x00b", "ip-i", "s2")
+    assert caught.value.key == "error.control_chars"
+    # An empty prompt is refused by the enhancer itself, before any outside call: it costs no allowance.
+    assert service.admit_enhancement("  ", "ip-j", "s3") == "  "
+    assert service.admit_enhancement("a fox", "ip-j", "s3") == "a fox"
 
 
-# --- client_ip / parse_trusted_proxies -------------------------------------------------------------------------
-
-
-def test_no_trusted_proxies_ignores_forged_forwarded_for() -> None:
-    headers = {"X-Forwarded-For": "1.2.3.4"}
-    assert client_ip("203.0.113.9", headers, []) == "203.0.113.9"
-
-
-def test_untrusted_peer_ignores_forwarded_for() -> None:
-    headers = {"X-Forwarded-For": "1.2.3.4"}
-    assert client_ip("203.0.113.9", headers, ["10.0.0.1"]) == "203.0.113.9"
-
-
-def test_trusted_peer_gives_rightmost_untrusted_entry() -> None:
-    # The visitor forged "1.2.3.4"; our proxy appended the address it really saw, 198.51.100.7.
-    headers = {"X-Forwarded-For": "1.2.3.4, 198.51.100.7"}
-    assert client_ip("10.0.0.1", headers, ["10.0.0.1"]) == "198.51.100.7"
-
-
-def test_chain_of_trusted_proxies_is_skipped() -> None:
-    headers = {"X-Forwarded-For": "6.6.6.6, 198.51.100.7, 10.0.0.2, 10.0.0.3"}
-    assert client_ip("10.0.0.1", headers, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == "198.51.100.7"
-
-
-def test_cidr_network_is_trusted() -> None:
-    headers = {"X-Forwarded-For": "198.51.100.7, 10.20.30.40"}
-    assert client_ip("10.1.2.3", headers, ["10.0.0.0/8"]) == "198.51.100.7"
-    assert client_ip("11.1.2.3", headers, ["10.0.0.0/8"]) == "11.1.2.3"
-
-
-def test_malformed_header_entries_are_skipped() -> None:
-    headers = {"X-Forwarded-For": "198.51.100.7, not-an-ip, , 999.1.1.1, unknown"}
-    assert client_ip("10.0.0.1", headers, ["10.0.0.0/8"]) == "198.51.100.7"
-
-
-def test_trusted_peer_without_header_gives_peer() -> None:
-    assert client_ip("10.0.0.1", {}, ["10.0.0.0/8"]) == "10.0.0.1"
-    assert client_ip("10.0.0.1", {"X-Forwarded-For": "garbage"}, ["10.0.0.0/8"]) == "10.0.0.1"
-
-
-def test_header_of_only_trusted_proxies_gives_leftmost() -> None:
-    headers = {"X-Forwarded-For": "10.0.0.5, 10.0.0.2"}
-    assert client_ip("10.0.0.1", headers, ["10.0.0.0/8"]) == "10.0.0.5"
-
-
-def test_ipv6_peers_proxies_and_clients() -> None:
-    headers = {"X-Forwarded-For": "2001:DB8::1, fd00::2"}
-    assert client_ip("::1", headers, ["::1", "fd00::/8"]) == "2001:db8::1"
-    assert client_ip("2001:db8::99", headers, ["::1"]) == "2001:db8::99"
-
-
-def test_ipv4_mapped_ipv6_peer_matches_ipv4_trust() -> None:
-    headers = {"X-Forwarded-For": "198.51.100.7"}
-    assert client_ip("::ffff:127.0.0.1", headers, ["127.0.0.1"]) == "198.51.100.7"
-
-
-@pytest.mark.parametrize("name", ["x-forwarded-for", "X-FORWARDED-FOR", "X-Forwarded-For", "x-Forwarded-fOR"])
-def test_header_name_is_case_insensitive(name: str) -> None:
-    assert client_ip("127.0.0.1", {name: "198.51.100.7"}, ["127.0.0.1"]) == "198.51.100.7"
-
-
-def test_peer_none_is_unknown() -> None:
-    assert client_ip(None, {"X-Forwarded-For": "198.51.100.7"}, ["127.0.0.1"]) == "unknown"
-
-
-def test_peer_that_is_not_an_ip_is_returned_as_is() -> None:
-    assert client_ip("testclient", {"X-Forwarded-For": "198.51.100.7"}, ["127.0.0.1"]) == "testclient"
+# --- parse_trusted_proxies ----------------------------------------------------------------------------------------
 
 
 def test_parse_trusted_proxies_reads_a_comma_list() -> None:

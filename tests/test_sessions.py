@@ -38,8 +38,6 @@ def add_entry(session: Session, name: str, created: float | None = None) -> Hist
         files=[str(path)],
         request=REQUEST.to_dict(),
         seed=42,
-        final_prompt="a red apple",
-        final_negative_prompt="",
         timings={"model_s": 0.1},
     )
     session.add_history(entry)

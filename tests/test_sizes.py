@@ -33,10 +33,11 @@ def test_illegal_sizes_name_the_rule_they_break(width, height, key):
     assert size_problem(width, height) == key
 
 
-def test_pixel_limit_is_two_to_the_twenty_one():
-    assert limits.MAX_PIXELS == 2**21
+def test_2048_by_1024_is_the_largest_size_2048_wide_and_1440_the_largest_square():
     assert size_problem(2048, 1024) is None
     assert size_problem(2048, 1056) == "error.too_many_pixels"
+    assert size_problem(1440, 1440) is None
+    assert size_problem(1472, 1472) == "error.too_many_pixels"
 
 
 @pytest.mark.parametrize("other", [512, 1024, 1184, 1536, 2048])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import EngineError
@@ -45,7 +45,6 @@ class GenerationResult:
     final: StyledPrompt
     images: list[Any]  # PIL images
     timings: Timings
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine(Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import ipaddress
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ class App:
     i18n: Any  # gr.I18n, passed to launch()
     files_root: Path
     engine: Any  # glmimage.engine.Engine
+    context: Any  # glmimage.web.handlers.Context: the page's components and what its handlers use
 
 
 EngineFactory = Callable[[PipelineLoader, StyleBook, int], Engine]
@@ -61,7 +63,9 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     """Check the data files, start loading the model in the background, and build the page (not launched).
 
     ``engine_factory`` lets tests put a faulty engine behind the real page."""
-    from .ui import AppParts, build_demo, files_folder, make_i18n
+    from .handlers import files_folder
+    from .layout import make_i18n
+    from .wiring import AppParts, build_demo
 
     styles = load_styles()
     translator = load_translations()
@@ -84,24 +88,25 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
         enhancer=PromptEnhancer(enhancer_config) if enhancer_config else None,
     )
     i18n = make_i18n(translator, styles)
-    demo = build_demo(parts, i18n)
+    context = build_demo(parts, i18n)
+    demo = context.demo
     # api_open=False: otherwise POST /gradio_api/run/<name> skips the queue and its concurrency limit.
     demo.queue(default_concurrency_limit=1, max_size=settings.max_queue, api_open=False)
-    return App(demo, loader, i18n, parts.files_root, engine)
+    return App(demo, loader, i18n, parts.files_root, engine, context)
 
 
 def health_route(demo: Any, loader: PipelineLoader, started: float) -> Route:
     """``/healthz`` for load balancers: answered on the event loop, never behind the GPU queue."""
+    from .gradio_adapter import queue_length
 
     async def healthz(_request: Request) -> JSONResponse:
-        queue = getattr(demo, "_queue", None)
         body = {
             "status": "ok" if loader.state.value != "failed" else "degraded",
             "model": loader.model_name,
             "model_state": loader.state.value,
             "device": loader.device.type if loader.device is not None else None,
             "dtype": loader.dtype_name,
-            "queue_length": len(queue) if queue is not None else 0,
+            "queue_length": queue_length(demo),
             "uptime_s": round(time.monotonic() - started, 1),
         }
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
@@ -124,7 +129,8 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
     started = time.monotonic()
     app = create_app(settings, engine_factory)
     demo, loader = app.demo, app.loader
-    from .ui import CSS, forget_idle_sessions_forever
+    from .layout import CSS
+    from .wiring import forget_idle_sessions_forever
 
     sweeper = FileSweeper(app.files_root, settings.file_ttl)
 
@@ -141,7 +147,10 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
     # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so a forged header sent from this machine (or
     # through a local proxy not named) would pick the client address and dodge the rate limit: it must trust
     # exactly --trusted-proxies. Read when launch() builds uvicorn's config.
-    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(settings.trusted_proxy_list)
+    # The rate limit reads that address (request.client.host); networks are written as uvicorn reads them.
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(
+        str(ipaddress.ip_network(entry, strict=False)) for entry in settings.trusted_proxy_list
+    )
     demo.launch(
         server_name=settings.host,
         server_port=settings.port,

@@ -1,0 +1,406 @@
+"""What each event of the page does: module-level functions of plain values that return ``{component: value}``.
+
+Each handler takes a :class:`Context` first (the page's components and the services behind them); ``wiring.py``
+binds it, so Gradio sees the remaining parameters: the event's inputs, then ``gr.Request`` where the handler needs
+the visitor's language or address. A handler that changes nothing returns ``gr.skip()``. Tests call these functions
+directly, without a browser or a server.
+
+Messages are made here, in the visitor's language (from Accept-Language): Gradio shows ``gr.Error`` text as it is.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .. import limits
+from ..config import Settings
+from ..enhancer import PromptEnhancer
+from ..errors import AppError, EngineError, InputError
+from ..i18n import Translator, language_of
+from ..models.loading import ModelState, PipelineLoader
+from ..service import API_FIELDS, GenerationService
+from ..sessions import Session
+from ..sizes import SizePreset, largest_legal_side, size_problem
+from ..styles import NO_STYLE, StyleBook
+from . import gradio_adapter as adapter
+from .layout import CUSTOM_SIZE, Page, default_preset, preset_label
+
+# Gradio finds the progress tracker by this default value (its documented pattern).
+PROGRESS = gr.Progress()
+# Set on the request by the /generate validator, read by the handler: the job's wait in the queue.
+ENQUEUED_AT = "glmimage_enqueued_at"
+
+
+@dataclass
+class Context:
+    """What the handlers of one page share: its components and the services behind them."""
+
+    page: Page
+    demo: gr.Blocks
+    settings: Settings
+    service: GenerationService
+    translator: Translator
+    styles: StyleBook
+    loader: PipelineLoader
+    presets: list[SizePreset]
+    files_root: str
+    enhancer: PromptEnhancer | None = None
+
+
+# ---- the visitor: language, address, messages ------------------------------------------------------------------
+
+
+def language(request: gr.Request) -> str:
+    return language_of(request.headers.get("accept-language"))
+
+
+def client_address(request: Any) -> str:
+    """The visitor's address for rate limits: uvicorn's client address, after its proxy-header handling (which
+    believes X-Forwarded-For only from ``--trusted-proxies``). Written canonically, so one visitor cannot get
+    several keys by spelling an address differently."""
+    client = request.client
+    return canonical_address(client.host if client is not None else None)
+
+
+def canonical_address(host: str | None) -> str:
+    if host is None:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def message(translator: Translator, error: AppError, lang: str) -> str:
+    """Any AppError in the visitor's language, field names included: the one place errors are translated."""
+    if error.key.startswith("load."):  # the model could not load: ``key`` says why
+        return translator.t("error.model_unavailable", lang, reason=translator.t(error.key, lang))
+    params = dict(error.params)
+    if "field" in params:
+        params["field"] = translator.t(f"field.{params['field']}", lang)
+    return translator.t(error.key, lang, **params)
+
+
+def field_at_fault(error: AppError) -> str:
+    """The /generate parameter a refusal is shown on: the field it names, else width for size rules, style for an
+    unknown style, and the prompt for everything else (limits)."""
+    if "field" in error.params:
+        return str(error.params["field"])
+    if "width" in error.params:
+        return "width"
+    return "style" if error.key == "error.unknown_style" else "prompt"
+
+
+def as_gradio_error(ctx: Context, error: AppError, lang: str) -> gr.Error:
+    if error.key.startswith("load."):
+        return gr.Error(message(ctx.translator, error, lang), print_exception=False)
+    title = ctx.translator.t("error.title", lang)
+    return gr.Error(message(ctx.translator, error, lang), title=title, print_exception=False)
+
+
+# ---- model status and privacy notice ---------------------------------------------------------------------------
+
+
+def show_status(ctx: Context, request: gr.Request) -> dict[Any, Any]:
+    """The status line (loading, ready, failed, test model) and the privacy notice, polled while loading."""
+    lang, t, loader, settings = language(request), ctx.translator.t, ctx.loader, ctx.settings
+    names = {"model": loader.model_name}
+    if loader.state is ModelState.LOADING:
+        text = t("status.loading", lang, **names)
+    elif loader.state is ModelState.READY:
+        text = t("status.ready", lang, device=loader.device.type, dtype=loader.dtype_name, **names)
+    else:
+        text = t("status.failed", lang, reason=t(loader.error_key, lang))
+    if loader.choice is not None and loader.choice.is_tiny:
+        text += "\n\n" + t("status.auto_tiny" if loader.choice.auto_tiny else "status.tiny", lang)
+    notice = t(
+        "privacy.notice", lang, session_ttl=round(settings.session_ttl / 60), file_ttl=round(settings.file_ttl / 60)
+    )
+    notice += " " + t("privacy.log_on" if settings.log_prompts else "privacy.log_off", lang)
+    if ctx.enhancer is not None:
+        notice += " " + t("privacy.enhancer", lang)
+    page = ctx.page
+    return {
+        page.model_status: text,
+        page.status_timer: gr.Timer(active=loader.state is ModelState.LOADING),
+        page.privacy_notice: notice,
+    }
+
+
+# ---- generation -----------------------------------------------------------------------------------------------------
+
+
+def jobs_of_client(demo: gr.Blocks, client: str) -> int:
+    """This visitor's /generate jobs queued or running, read from Gradio's own queue so the count never drifts."""
+    return sum(
+        1
+        for event in adapter.waiting_and_running_events(demo)
+        if adapter.event_api_name(event) == "generate"
+        and canonical_address(adapter.event_client_host(event)) == client
+    )
+
+
+def client_gone(demo: gr.Blocks, session_hash: str | None) -> bool:
+    """True once the visitor's page closed or their event stream dropped, so their job can stop early."""
+    if not session_hash:
+        return False
+    if adapter.session_closed(demo, session_hash):
+        return True
+    return any(
+        adapter.event_session_hash(event) == session_hash and not adapter.event_alive(event)
+        for event in adapter.running_events(demo)
+    )
+
+
+def generate(
+    ctx: Context,
+    prompt: str,
+    negative_prompt: str,
+    style: str,
+    width: int,
+    height: int,
+    num_images: int,
+    seed: int,
+    randomize_seed: bool,
+    num_inference_steps: int,
+    guidance_scale: float,
+    session: Session,
+    request: gr.Request,
+    progress: gr.Progress = PROGRESS,
+) -> dict[Any, Any]:
+    """Generate images (the /generate API): returns them, the seed used, and the parameters with timings."""
+    lang, page = language(request), ctx.page
+    raw = dict(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        style=style,
+        width=width,
+        height=height,
+        num_images=num_images,
+        seed=seed,
+        randomize_seed=randomize_seed,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+    )
+    enqueued = adapter.request_mark(request, ENQUEUED_AT) or time.monotonic()
+    queue_s = time.monotonic() - enqueued
+    try:
+        # The validator already passed these values; this rebuilds the typed request from them.
+        req = ctx.service.validated(raw)
+        # The steps run on the engine's thread; Gradio finds this event's progress bar through context
+        # variables, which a plain call from that thread would not see (the page showed no steps).
+        event_context = contextvars.copy_context()
+        step_text = ctx.translator.t("status.progress", lang)
+        outcome = ctx.service.run(
+            req,
+            session,
+            queue_s,
+            on_step=lambda done, total: event_context.run(progress, (done, total), desc=step_text),
+            should_stop=lambda: (
+                session.stop_requested_at >= enqueued - 0.001 or client_gone(ctx.demo, request.session_hash)
+            ),
+        )
+    except EngineError as exc:
+        if exc.key == "status.stopped":
+            gr.Info(message(ctx.translator, exc, lang))
+            return {page.session: session}
+        raise as_gradio_error(ctx, exc, lang) from None
+    except InputError as exc:
+        raise as_gradio_error(ctx, exc, lang) from None
+    return {
+        page.gallery: outcome.files,
+        page.seed_used: outcome.seed,
+        page.details: outcome.details,
+        page.session: session,
+    }
+
+
+def after_generation(ctx: Context, session: Session, details: dict | None, request: gr.Request) -> dict[Any, Any]:
+    """The timings line under the result, and the history and log with the new entry."""
+    updates = history_and_log(ctx, session)
+    if details:
+        line = ctx.translator.t("timings.line", language(request), seed=details["seed"], **details["timings"])
+        updates[ctx.page.timings] = line
+    return updates
+
+
+def history_and_log(ctx: Context, session: Session) -> dict[Any, Any]:
+    """The history gallery (hidden while empty), the session log, and a fresh log file to download."""
+    page = ctx.page
+    items = [
+        (entry.files[0], f"#{entry.seed} · {entry.request['prompt'][:60]}") for entry in session.history if entry.files
+    ]
+    log_file = session.new_file(".json")
+    for old in session.folder.glob("*.json"):
+        if old != log_file:
+            old.unlink(missing_ok=True)
+    log_file.write_text(session.log_json(), encoding="utf-8")
+    return {
+        page.history: gr.update(value=items, visible=bool(items)),
+        page.history_empty: gr.update(visible=not items),
+        page.session_log: session.log,
+        page.log_download: gr.DownloadButton(value=str(log_file)),
+    }
+
+
+def request_stop(session: Session) -> None:
+    """Stop: this session's jobs queued before now end at their next step."""
+    session.stop_requested_at = time.monotonic()
+
+
+# ---- history, session, privacy ------------------------------------------------------------------------------------
+
+
+def restore(ctx: Context, session: Session, evt: gr.SelectData, request: gr.Request) -> Any:
+    """A click on a history image: its settings back into the controls, its images and seed into the result."""
+    if evt.index is None or not 0 <= evt.index < len(session.history):
+        return gr.skip()
+    entry, page = session.history[evt.index], ctx.page
+    p = entry.request
+    return {
+        **dict(zip(page.request_inputs, (p[name] for name in API_FIELDS), strict=True)),
+        page.seed: entry.seed,
+        page.randomize_seed: False,
+        page.size_preset: preset_label(ctx.presets, p["width"], p["height"]),
+        page.gallery: entry.files,
+        page.seed_used: entry.seed,
+        # The seed and timings shown under the image are the restored entry's, not the last generation's.
+        page.timings: ctx.translator.t("timings.line", language(request), seed=entry.seed, **entry.timings),
+    }
+
+
+def clear_history(ctx: Context, session: Session, request: gr.Request) -> dict[Any, Any]:
+    count = session.clear_history()
+    session.record("history_cleared", entries=count)
+    gr.Info(ctx.translator.t("info.history_cleared", language(request)))
+    return {ctx.page.session: session, **history_and_log(ctx, session)}
+
+
+def new_session(ctx: Context, session: Session, request: gr.Request) -> dict[Any, Any]:
+    """Everything of the old session deleted, every control back to its default."""
+    session.dispose()
+    fresh = Session(ctx.files_root)
+    fresh.record("new_session")
+    lang, page = language(request), ctx.page
+    gr.Info(ctx.translator.t("info.new_session", lang))
+    defaults = {
+        page.prompt: "",
+        page.negative_prompt: "",
+        page.style: NO_STYLE,
+        page.width: limits.DEFAULT_WIDTH,
+        page.height: limits.DEFAULT_HEIGHT,
+        page.num_images: limits.DEFAULT_NUM_IMAGES,
+        page.seed: 0,
+        page.randomize_seed: True,
+        page.steps: limits.DEFAULT_STEPS,
+        page.guidance: limits.DEFAULT_GUIDANCE,
+        page.size_preset: default_preset(ctx.presets),
+        page.gallery: [],
+        page.seed_used: None,
+        page.details: None,
+        page.timings: ctx.translator.t("timings.empty", lang),
+        page.keep_history: True,
+        page.embed_metadata: True,
+        page.final_prompt: "",
+        page.final_negative: "",
+    }
+    return {page.session: fresh, **defaults, **history_and_log(ctx, fresh)}
+
+
+def set_keep_history(ctx: Context, session: Session, keep: bool, request: gr.Request) -> dict[Any, Any]:
+    """Off: the history and the prompt text of earlier log lines go now, and later ones are not kept."""
+    session.keep_history = bool(keep)
+    session.record("setting_changed", keep_history=session.keep_history)
+    if not keep:
+        session.forget_prompts()
+    if not keep and session.history:
+        session.clear_history()
+        gr.Info(ctx.translator.t("info.history_off", language(request)))
+    return {ctx.page.session: session, **history_and_log(ctx, session)}
+
+
+def set_embed_metadata(ctx: Context, session: Session, embed: bool) -> dict[Any, Any]:
+    session.embed_metadata = bool(embed)
+    session.record("setting_changed", embed_metadata=session.embed_metadata)
+    return {ctx.page.session: session, **history_and_log(ctx, session)}
+
+
+# ---- sizes and preview --------------------------------------------------------------------------------------------
+
+
+def pick_preset(ctx: Context, label: str) -> Any:
+    preset = next((p for p in ctx.presets if p.label == label), None)
+    if preset is None:
+        return gr.skip()
+    return {ctx.page.width: preset.width, ctx.page.height: preset.height}
+
+
+def capped(changed: int, other: int) -> int:
+    """The other side, lowered if needed so the image stays within the pixel limit."""
+    if size_problem(changed, other) == "error.too_many_pixels" and size_problem(changed, 512) is None:
+        return largest_legal_side(changed)
+    return other
+
+
+# The other side is sent back only when lowered: sending it unchanged would overwrite what the visitor typed there
+# while this event was on its way (typing 512 into both boxes gave a 512x1024 image).
+def width_changed(ctx: Context, width: Any, height: Any) -> dict[Any, Any]:
+    page = ctx.page
+    if not all(isinstance(v, (int, float)) for v in (width, height)):
+        return {page.size_preset: CUSTOM_SIZE}
+    new_height = capped(int(width), int(height))
+    updates = {page.size_preset: preset_label(ctx.presets, width, new_height)}
+    if new_height != height:
+        updates[page.height] = new_height
+    return updates
+
+
+def height_changed(ctx: Context, width: Any, height: Any) -> dict[Any, Any]:
+    page = ctx.page
+    if not all(isinstance(v, (int, float)) for v in (width, height)):
+        return {page.size_preset: CUSTOM_SIZE}
+    new_width = capped(int(height), int(width))
+    updates = {page.size_preset: preset_label(ctx.presets, new_width, height)}
+    if new_width != width:
+        updates[page.width] = new_width
+    return updates
+
+
+def preview(ctx: Context, prompt: Any, negative_prompt: Any, style: Any) -> Any:
+    """What the model will receive: the prompts with the style applied."""
+    if not isinstance(style, str) or style not in ctx.styles:
+        return gr.skip()
+    styled = ctx.styles.apply(style, str(prompt or ""), str(negative_prompt or ""))
+    return {ctx.page.final_prompt: styled.prompt, ctx.page.final_negative: styled.negative_prompt}
+
+
+# ---- prompt enhancement -------------------------------------------------------------------------------------------
+
+
+def enhance_prompt(ctx: Context, text: str, request: gr.Request) -> Any:
+    """Rewrite the prompt with the configured chat model; on failure a warning, and the prompt stays."""
+    lang = language(request)
+    try:
+        better = ctx.enhancer.enhance(text)  # type: ignore[union-attr]
+    except AppError as exc:
+        gr.Warning(message(ctx.translator, exc, lang))
+        return gr.skip()
+    gr.Info(ctx.translator.t("enhancer.done", lang))
+    return {ctx.page.prompt: better}
+
+
+def files_folder() -> Path:
+    """A folder of this server's own for its images, inside Gradio's temporary folder so they are served without
+    a copy (one per server, so two servers in one process never delete each other's files)."""
+    return adapter.upload_folder() / "glmimage" / uuid.uuid4().hex[:12]

@@ -1,0 +1,330 @@
+"""The page's components, laid out top to bottom; no event and no logic (those are in handlers.py and wiring.py).
+
+:func:`build_page` is called inside ``gr.Blocks`` and returns a :class:`Page` that names every component the
+handlers read or update. Each part of the page has its own function below, in page order; a new banner or notice
+goes in :func:`_header`, a new control in the part it belongs to, and a field for it in :class:`Page`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from .. import limits
+from ..i18n import Translator
+from ..sessions import Session, dispose_session
+from ..sizes import SizePreset
+from ..styles import NO_STYLE, StyleBook
+
+# The Size dropdown's value when width and height match no preset (so the box never shows empty).
+CUSTOM_SIZE = "custom"
+
+CSS = """
+#generate-row button { min-height: 3rem; }
+#timings { min-height: 2.5rem; }
+.glm-note p { font-size: var(--text-sm); opacity: 0.85; }
+/* Whole images in the result: Gradio's square cells are wider than the box is tall, which cut images off. */
+#result .grid-container { height: 100%; box-sizing: border-box; }
+#result .thumbnail-item { aspect-ratio: auto; }
+"""
+
+
+@dataclass
+class Page:
+    """Every component an event reads or updates, by name."""
+
+    session: gr.State
+    model_status: gr.Markdown
+    status_timer: gr.Timer
+    # Generation controls, in /generate's parameter order (see request_inputs).
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    style: gr.Dropdown
+    width: gr.Number
+    height: gr.Number
+    num_images: gr.Slider
+    seed: gr.Number
+    randomize_seed: gr.Checkbox
+    steps: gr.Slider
+    guidance: gr.Slider
+    size_preset: gr.Dropdown
+    run: gr.Button
+    stop: gr.Button
+    enhance: gr.Button
+    final_prompt: gr.Textbox
+    final_negative: gr.Textbox
+    # Results.
+    gallery: gr.Gallery
+    timings: gr.Markdown
+    seed_used: gr.Number
+    details: gr.JSON
+    # History, log, privacy.
+    history_empty: gr.Markdown
+    history: gr.Gallery
+    clear_history: gr.Button
+    reset_session: gr.Button
+    session_log: gr.JSON
+    log_download: gr.DownloadButton
+    privacy_notice: gr.Markdown
+    keep_history: gr.Checkbox
+    embed_metadata: gr.Checkbox
+
+    @property
+    def request_inputs(self) -> list[Any]:
+        """The controls behind /generate's parameters, in API order (``service.API_FIELDS``)."""
+        return [
+            self.prompt,
+            self.negative_prompt,
+            self.style,
+            self.width,
+            self.height,
+            self.num_images,
+            self.seed,
+            self.randomize_seed,
+            self.steps,
+            self.guidance,
+        ]
+
+    @property
+    def history_outputs(self) -> list[Any]:
+        """What shows the session's history and log; every event that changes them updates all four."""
+        return [self.history, self.history_empty, self.session_log, self.log_download]
+
+
+def default_preset(presets: list[SizePreset]) -> str:
+    """The Size box's first value: the preset of the default size."""
+    return preset_label(presets, limits.DEFAULT_WIDTH, limits.DEFAULT_HEIGHT)
+
+
+def preset_label(presets: list[SizePreset], width: object, height: object) -> str:
+    """The Size box's value for a size: its preset, or "custom"."""
+    return next((p.label for p in presets if (p.width, p.height) == (width, height)), CUSTOM_SIZE)
+
+
+def make_i18n(translator: Translator, styles: StyleBook) -> gr.I18n:
+    """The page's strings for ``gr.I18n``, plus the style names, which live in the styles file."""
+    tables = translator.gradio_tables()
+    for locale, table in tables.items():
+        lang = "zh" if locale.startswith("zh") else "en"
+        names = {f"style.{sid}": styles.get(sid).name[lang] for sid in styles.ids if sid != NO_STYLE}
+        # The browser shows gr.I18n strings as they are: fill the one placeholder a page string has here.
+        note = table["history.note"].format(max=limits.MAX_HISTORY_ENTRIES)
+        tables[locale] = {**table, **names, "history.note": note}
+    return gr.I18n(**tables)
+
+
+def build_page(
+    i18n: gr.I18n,
+    styles: StyleBook,
+    presets: list[SizePreset],
+    examples: list[dict[str, Any]],
+    *,
+    files_root: str,
+    session_ttl: float,
+    with_enhancer: bool,
+) -> Page:
+    """Lay out the page inside the current ``gr.Blocks``."""
+    # A plain default (not a callable, which Gradio would expose as a public load endpoint); Gradio gives
+    # every visit its own deep copy.
+    session = gr.State(value=Session(files_root), time_to_live=session_ttl, delete_callback=dispose_session)
+    parts: dict[str, Any] = {"session": session, **_header(i18n)}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            parts |= _prompt_and_buttons(i18n, with_enhancer)
+            parts |= _size_and_style(i18n, styles, presets)
+            parts |= _advanced(i18n)
+            parts |= _preview(i18n)
+        with gr.Column(scale=6, min_width=320):
+            parts |= _results(i18n)
+    _examples(i18n, presets, examples, parts)
+    parts |= _history_and_log(i18n)
+    parts |= _privacy(i18n)
+    return Page(**parts)
+
+
+def _header(i18n: gr.I18n) -> dict[str, Any]:
+    gr.Markdown(i18n("app.header"), elem_id="header")
+    # Banners and notices for every visitor (maintenance, contact) go here, between the header and the status.
+    return {"model_status": gr.Markdown(elem_id="model-status"), "status_timer": gr.Timer(1.0)}
+
+
+def _prompt_and_buttons(i18n: gr.I18n, with_enhancer: bool) -> dict[str, Any]:
+    prompt = gr.Textbox(
+        label=i18n("label.prompt"), placeholder=i18n("placeholder.prompt"), lines=3, max_lines=10, elem_id="prompt"
+    )
+    with gr.Row(elem_id="generate-row"):
+        run = gr.Button(i18n("button.generate"), variant="primary", scale=3, elem_id="generate")
+        stop = gr.Button(i18n("button.stop"), variant="stop", scale=1, elem_id="stop")
+    enhance = gr.Button(i18n("button.enhance"), size="sm", visible=with_enhancer, elem_id="enhance")
+    return {"prompt": prompt, "run": run, "stop": stop, "enhance": enhance}
+
+
+def _size_and_style(i18n: gr.I18n, styles: StyleBook, presets: list[SizePreset]) -> dict[str, Any]:
+    style = gr.Dropdown(
+        choices=[(i18n(f"style.{sid}"), sid) for sid in styles.ids],
+        value=NO_STYLE,
+        label=i18n("label.style"),
+        elem_id="style",
+    )
+    size_preset = gr.Dropdown(
+        choices=[*(p.label for p in presets), (i18n("size.custom"), CUSTOM_SIZE)],
+        value=default_preset(presets),
+        label=i18n("label.size"),
+        elem_id="size-preset",
+    )
+    with gr.Row():
+        width = gr.Number(
+            value=limits.DEFAULT_WIDTH,
+            step=limits.SIDE_MULTIPLE,
+            label=i18n("label.width"),
+            elem_id="width",
+            min_width=120,
+        )
+        height = gr.Number(
+            value=limits.DEFAULT_HEIGHT,
+            step=limits.SIDE_MULTIPLE,
+            label=i18n("label.height"),
+            elem_id="height",
+            min_width=120,
+        )
+    gr.Markdown(i18n("info.size"), elem_classes="glm-note")
+    num_images = gr.Slider(
+        limits.MIN_IMAGES,
+        limits.MAX_IMAGES,
+        value=limits.DEFAULT_NUM_IMAGES,
+        step=1,
+        label=i18n("label.num_images"),
+        elem_id="num-images",
+    )
+    return {"style": style, "size_preset": size_preset, "width": width, "height": height, "num_images": num_images}
+
+
+def _advanced(i18n: gr.I18n) -> dict[str, Any]:
+    with gr.Accordion(i18n("label.advanced"), open=False, elem_id="advanced"):
+        negative_prompt = gr.Textbox(
+            label=i18n("label.negative_prompt"),
+            lines=2,
+            placeholder=i18n("placeholder.negative_prompt"),
+            elem_id="negative-prompt",
+        )
+        with gr.Row():
+            seed = gr.Number(value=0, step=1, label=i18n("label.seed"), elem_id="seed", min_width=120)
+            randomize_seed = gr.Checkbox(value=True, label=i18n("label.randomize_seed"), elem_id="randomize-seed")
+        steps = gr.Slider(
+            limits.MIN_STEPS,
+            limits.MAX_STEPS,
+            value=limits.DEFAULT_STEPS,
+            step=1,
+            label=i18n("label.steps"),
+            elem_id="steps",
+        )
+        guidance = gr.Slider(
+            limits.MIN_GUIDANCE,
+            limits.MAX_GUIDANCE,
+            value=limits.DEFAULT_GUIDANCE,
+            step=0.1,
+            label=i18n("label.guidance"),
+            elem_id="guidance",
+        )
+    return {
+        "negative_prompt": negative_prompt,
+        "seed": seed,
+        "randomize_seed": randomize_seed,
+        "steps": steps,
+        "guidance": guidance,
+    }
+
+
+def _preview(i18n: gr.I18n) -> dict[str, Any]:
+    with gr.Accordion(i18n("label.preview"), open=False, elem_id="preview"):
+        final_prompt = gr.Textbox(label=i18n("label.final_prompt"), interactive=False, lines=2, elem_id="final-prompt")
+        final_negative = gr.Textbox(
+            label=i18n("label.final_negative_prompt"), interactive=False, elem_id="final-negative-prompt"
+        )
+    return {"final_prompt": final_prompt, "final_negative": final_negative}
+
+
+def _results(i18n: gr.I18n) -> dict[str, Any]:
+    gallery = gr.Gallery(
+        label=i18n("label.result"),
+        columns=2,
+        height=520,
+        object_fit="contain",
+        format="png",
+        elem_id="result",
+        interactive=False,
+    )
+    timings = gr.Markdown(i18n("timings.empty"), elem_id="timings")
+    seed_used = gr.Number(value=None, label=i18n("label.seed_used"), interactive=False, elem_id="seed-used")
+    with gr.Accordion(i18n("label.details"), open=False):
+        details = gr.JSON(label=i18n("label.details"), elem_id="details")
+    return {"gallery": gallery, "timings": timings, "seed_used": seed_used, "details": details}
+
+
+def _examples(i18n: gr.I18n, presets: list[SizePreset], examples: list[dict[str, Any]], parts: dict[str, Any]) -> None:
+    # The Size box follows an example too, so it never names a preset the example's size is not.
+    rows = [
+        [e["prompt"], e["style"], e["width"], e["height"], preset_label(presets, e["width"], e["height"])]
+        for e in examples
+    ]
+    # Labels instead of a table: Gradio does not translate a table's headers or the style names in it.
+    # Size first: Gradio shortens a long label at its end.
+    labels = [f"{e['width']}×{e['height']} · {e['prompt']}" for e in examples]
+    gr.Examples(
+        examples=rows,
+        inputs=[parts["prompt"], parts["style"], parts["width"], parts["height"], parts["size_preset"]],
+        cache_examples=False,
+        label=i18n("label.examples"),
+        examples_per_page=10,
+        example_labels=labels,
+        elem_id="examples",
+    )
+
+
+def _history_and_log(i18n: gr.I18n) -> dict[str, Any]:
+    with gr.Accordion(i18n("label.history"), open=True, elem_id="history-section"):
+        gr.Markdown(i18n("history.note"), elem_classes="glm-note")
+        # Shown once there is something in it: an empty gallery box looks broken.
+        history_empty = gr.Markdown(i18n("history.empty"), elem_id="history-empty")
+        history = gr.Gallery(
+            label=i18n("label.history"),
+            columns=6,
+            height=240,
+            allow_preview=False,
+            elem_id="history",
+            interactive=False,
+            fit_columns=False,
+            visible=False,
+        )
+        with gr.Row():
+            clear_history = gr.Button(i18n("button.clear_history"), size="sm", elem_id="clear-history")
+            reset_session = gr.Button(i18n("button.new_session"), size="sm", elem_id="new-session")
+    with gr.Accordion(i18n("label.log"), open=False, elem_id="log-section"):
+        gr.Markdown(i18n("log.note"), elem_classes="glm-note")
+        session_log = gr.JSON(label=i18n("label.log"), elem_id="session-log")
+        log_download = gr.DownloadButton(i18n("button.download_log"), size="sm", elem_id="download-log")
+    return {
+        "history_empty": history_empty,
+        "history": history,
+        "clear_history": clear_history,
+        "reset_session": reset_session,
+        "session_log": session_log,
+        "log_download": log_download,
+    }
+
+
+def _privacy(i18n: gr.I18n) -> dict[str, Any]:
+    with gr.Accordion(i18n("label.privacy"), open=False, elem_id="privacy-section"):
+        privacy_notice = gr.Markdown(elem_id="privacy-notice")
+        keep_history = gr.Checkbox(
+            value=True, label=i18n("label.keep_history"), info=i18n("info.keep_history"), elem_id="keep-history"
+        )
+        embed_metadata = gr.Checkbox(
+            value=True,
+            label=i18n("label.embed_metadata"),
+            info=i18n("info.embed_metadata"),
+            elem_id="embed-metadata",
+        )
+    return {"privacy_notice": privacy_notice, "keep_history": keep_history, "embed_metadata": embed_metadata}

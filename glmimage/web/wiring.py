@@ -1,0 +1,297 @@
+"""The page's events: which component triggers which handler, with which inputs and outputs, validators, queue
+groups and concurrency; and the end of a session (tab closed, idle too long).
+
+:func:`build_demo` builds the ``gr.Blocks``: layout.py lays out the components, handlers.py says what each event
+does, and this module connects the two. A new event goes in :func:`wire` (or a function of its own called from
+there), with its handler in handlers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..config import Settings
+from ..engine import Engine
+from ..enhancer import PromptEnhancer
+from ..errors import InputError, Refused
+from ..i18n import Translator
+from ..models.loading import PipelineLoader
+from ..service import API_FIELDS, GenerationService
+from ..sessions import Session, dispose_session
+from ..sizes import SizePreset
+from ..styles import StyleBook
+from . import gradio_adapter as adapter
+from . import handlers
+from .handlers import Context
+from .layout import build_page
+
+# Options of the page's cheap events (no GPU, no outside call): hidden from the API, never waiting for a worker
+# slot, no progress shown.
+QUIET: dict[str, Any] = dict(api_visibility="private", concurrency_limit=None, show_progress="hidden")
+# The prompt enhancer's calls to the outside service running at once, over all visitors.
+ENHANCER_CONCURRENCY = 4
+
+
+@dataclass
+class AppParts:
+    """What ``build_demo`` needs beyond the settings; tests pass fakes for the engine."""
+
+    settings: Settings
+    loader: PipelineLoader
+    engine: Engine
+    styles: StyleBook
+    translator: Translator
+    presets: list[SizePreset]
+    examples: list[dict[str, Any]]
+    files_root: Path
+    enhancer: PromptEnhancer | None = None
+
+
+def build_demo(parts: AppParts, i18n: gr.I18n) -> Context:
+    """Lay out the page and wire its events; the returned context holds the demo. ``i18n`` must also be passed
+    to ``launch``."""
+    settings = parts.settings
+    service = GenerationService(settings, parts.engine, parts.styles, lambda: parts.loader.model_name)
+    with gr.Blocks(
+        title="GLM Image",
+        analytics_enabled=False,
+        delete_cache=(max(60, int(settings.file_ttl // 4)), int(settings.file_ttl)),
+    ) as demo:
+        page = build_page(
+            i18n,
+            parts.styles,
+            parts.presets,
+            parts.examples,
+            files_root=str(parts.files_root),
+            session_ttl=settings.session_ttl,
+            with_enhancer=parts.enhancer is not None,
+        )
+        ctx = Context(
+            page=page,
+            demo=demo,
+            settings=settings,
+            service=service,
+            translator=parts.translator,
+            styles=parts.styles,
+            loader=parts.loader,
+            presets=parts.presets,
+            files_root=str(parts.files_root),
+            enhancer=parts.enhancer,
+        )
+        wire(ctx)
+    return ctx
+
+
+def bind(fn: Callable[..., Any], ctx: Context) -> Callable[..., Any]:
+    """``fn`` with its context bound: Gradio sees the other parameters (and their ``gr.Request`` annotations),
+    and names the event after the function."""
+    return types.MethodType(fn, ctx)
+
+
+def wire(ctx: Context) -> None:
+    page, demo = ctx.page, ctx.demo
+    status_outputs = [page.model_status, page.status_timer, page.privacy_notice]
+    demo.load(bind(handlers.show_status, ctx), None, status_outputs, **QUIET)
+    page.status_timer.tick(bind(handlers.show_status, ctx), None, status_outputs, **QUIET)
+    _wire_generation(ctx)
+    _wire_history_and_privacy(ctx)
+    _wire_sizes_and_preview(ctx)
+    if ctx.enhancer is not None:
+        page.enhance.click(
+            bind(handlers.enhance_prompt, ctx),
+            [page.prompt],
+            [page.prompt],
+            validator=bind(check_enhancement, ctx),
+            preprocess=False,  # the validator words every refusal itself, in the visitor's language
+            api_visibility="private",
+            concurrency_limit=ENHANCER_CONCURRENCY,
+            concurrency_id="enhancer",
+        )
+    demo.unload(bind(on_unload, ctx))
+
+
+def _wire_generation(ctx: Context) -> None:
+    page = ctx.page
+    generation = gr.on(
+        [page.prompt.submit, page.run.click],
+        bind(handlers.generate, ctx),
+        inputs=[*page.request_inputs, page.session],
+        outputs=[page.gallery, page.seed_used, page.details, page.session],
+        api_name="generate",
+        validator=bind(check_generation, ctx),
+        preprocess=False,
+        concurrency_limit=ctx.settings.concurrency,
+        concurrency_id="gpu",
+        show_progress_on=page.gallery,
+    )
+    # Not an output of /generate itself: API clients would download the whole history with every call.
+    generation.then(
+        bind(handlers.after_generation, ctx),
+        [page.session, page.details],
+        [page.timings, *page.history_outputs],
+        **QUIET,
+    )
+    page.stop.click(handlers.request_stop, [page.session], None, **QUIET)
+
+
+def _wire_history_and_privacy(ctx: Context) -> None:
+    page = ctx.page
+    session_and_history = [page.session, *page.history_outputs]
+    page.history.select(
+        bind(handlers.restore, ctx),
+        [page.session],
+        [*page.request_inputs, page.size_preset, page.gallery, page.seed_used, page.timings],
+        **QUIET,
+    )
+    page.clear_history.click(bind(handlers.clear_history, ctx), [page.session], session_and_history, **QUIET)
+    page.reset_session.click(
+        bind(handlers.new_session, ctx),
+        [page.session],
+        [
+            page.session,
+            *page.request_inputs,
+            page.size_preset,
+            page.gallery,
+            page.seed_used,
+            page.details,
+            page.timings,
+            page.keep_history,
+            page.embed_metadata,
+            page.final_prompt,
+            page.final_negative,
+            *page.history_outputs,
+        ],
+        **QUIET,
+    )
+    page.keep_history.input(
+        bind(handlers.set_keep_history, ctx), [page.session, page.keep_history], session_and_history, **QUIET
+    )
+    page.embed_metadata.input(
+        bind(handlers.set_embed_metadata, ctx), [page.session, page.embed_metadata], session_and_history, **QUIET
+    )
+
+
+def _wire_sizes_and_preview(ctx: Context) -> None:
+    page = ctx.page
+    page.size_preset.input(
+        bind(handlers.pick_preset, ctx), [page.size_preset], [page.width, page.height], queue=False, **QUIET
+    )
+    # preprocess=False: a half-typed number arrives as it is, and the handler leaves it alone.
+    sides = [page.width, page.height]
+    page.width.input(
+        bind(handlers.width_changed, ctx), sides, [page.height, page.size_preset], preprocess=False, **QUIET
+    )
+    page.height.input(
+        bind(handlers.height_changed, ctx), sides, [page.width, page.size_preset], preprocess=False, **QUIET
+    )
+    gr.on(
+        [page.prompt.change, page.negative_prompt.change, page.style.change],
+        bind(handlers.preview, ctx),
+        [page.prompt, page.negative_prompt, page.style],
+        [page.final_prompt, page.final_negative],
+        trigger_mode="always_last",
+        preprocess=False,
+        **QUIET,
+    )
+
+
+# ---- validators: they run before a job may join the queue, for the page and for API clients alike ---------------
+
+
+async def check_generation(
+    ctx: Context,
+    prompt: Any,
+    negative_prompt: Any,
+    style: Any,
+    width: Any,
+    height: Any,
+    num_images: Any,
+    seed: Any,
+    randomize_seed: Any,
+    num_inference_steps: Any,
+    guidance_scale: Any,
+    session: Session,
+    request: gr.Request,
+) -> list[Any]:
+    """Bad input and floods never reach the GPU: input rules, the per-visitor job cap and the rate limit.
+
+    ``async`` (it never waits): it then runs on the event loop between Gradio's --max-queue check and the job's
+    append, so simultaneous requests cannot all pass both caps at once (on worker threads, 30 at once put 28 jobs
+    into a queue of 4)."""
+    values = (prompt, negative_prompt, style, width, height, num_images, seed, randomize_seed)
+    raw = dict(zip(API_FIELDS, (*values, num_inference_steps, guidance_scale), strict=True))
+    client = handlers.client_address(request)
+    try:
+        jobs = handlers.jobs_of_client(ctx.demo, client)
+        ctx.service.admit(raw, client, request.session_hash or client, jobs, session)
+    except (InputError, Refused) as exc:
+        # One result per input: the message shows on the field at fault (the prompt for limits).
+        field = handlers.field_at_fault(exc)
+        text = handlers.message(ctx.translator, exc, handlers.language(request))
+        return [gr.validate(name != field, text if name == field else "") for name in API_FIELDS] + [None]
+    adapter.mark_request(request, handlers.ENQUEUED_AT, time.monotonic())
+    return [gr.validate(True, "")] * len(API_FIELDS) + [None]
+
+
+async def check_enhancement(ctx: Context, text: Any, request: gr.Request) -> dict[str, Any]:
+    """What the enhancer may send out is a prompt within the prompt's rules, and each visitor has an allowance
+    of calls; checked before the call queues, however it was sent (the page, its event index, its API name).
+    One input, so one result (a list would be read as the value of that one input, and pass)."""
+    client = handlers.client_address(request)
+    try:
+        ctx.service.admit_enhancement(text, client, request.session_hash or client)
+    except (InputError, Refused) as exc:
+        return gr.validate(False, handlers.message(ctx.translator, exc, handlers.language(request)))
+    return gr.validate(True, "")
+
+
+# ---- the end of a session -------------------------------------------------------------------------------------------
+
+
+async def on_unload(ctx: Context, request: gr.Request) -> None:
+    """The tab closed: drop the session's history and files now, not an hour later. Async, so it runs on the
+    event loop, never at the same time as Gradio's own expiry of states."""
+    forget_session(ctx.demo, request.session_hash)
+
+
+def forget_session(demo: gr.Blocks, session_hash: str | None) -> None:
+    """Drop everything held for one session: our Session (history, log, files) and Gradio's own record of it.
+
+    Gradio keeps every session's last inputs and outputs (prompt, details, session log) in its state holder until
+    ``--max-sessions`` newer sessions push it out, even after the ``gr.State`` expired; and a state never set as
+    an output (a visitor whose only request was refused) never expires at all."""
+    if not session_hash:
+        return
+    for value in adapter.drop_session(demo, session_hash):
+        dispose_session(value)
+
+
+def forget_idle_sessions(demo: gr.Blocks, idle_s: float) -> int:
+    """Forget every session with nothing queued or running and no event or state update for ``idle_s`` seconds;
+    returns how many."""
+    busy = {adapter.event_session_hash(event) for event in adapter.waiting_and_running_events(demo)}
+    now = datetime.datetime.now()
+    idle = [
+        session_hash
+        for session_hash, last in adapter.last_activity(demo).items()
+        if session_hash not in busy and (now - last).total_seconds() > idle_s
+    ]
+    for session_hash in idle:
+        forget_session(demo, session_hash)
+    return len(idle)
+
+
+async def forget_idle_sessions_forever(demo: gr.Blocks, idle_s: float) -> None:
+    """Run by the server's lifespan, on the event loop where Gradio expires its own states."""
+    while True:
+        await asyncio.sleep(max(1.0, min(60.0, idle_s / 4)))
+        forget_idle_sessions(demo, idle_s)

@@ -1,0 +1,172 @@
+"""Each Gradio internal that glmimage.web.gradio_adapter relies on, checked on a small real Gradio app over HTTP.
+
+These tests pin the installed Gradio: after an upgrade, the version test fails first, and each other test fails
+when the internal it covers moved or changed meaning (the adapter never falls back to a default, so the app would
+fail loudly too, instead of silently dropping the per-visitor job cap, stop-on-disconnect or session clean-up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import httpx
+import pytest
+from conftest import free_port
+
+from glmimage.web import gradio_adapter as adapter
+
+STATE_DEFAULT = {"kind": "default"}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+class MiniApp:
+    """One queued event ("hold", which waits for ``gate``, with a validator that marks the request) and a State."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        with gr.Blocks(analytics_enabled=False) as demo:
+            text = gr.Textbox()
+            state = gr.State(value=STATE_DEFAULT, time_to_live=600)
+            out = gr.Textbox()
+            text.submit(
+                self.hold,
+                [text, state],
+                [out, state],
+                api_name="hold",
+                validator=self.check,
+                concurrency_limit=1,
+                concurrency_id="one",
+            )
+        demo.queue(api_open=False)
+        self.port = free_port()
+        demo.launch(server_port=self.port, prevent_thread_lock=True, quiet=True)
+        self.demo = demo
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def check(self, text: str, state: Any, request: gr.Request) -> list[Any]:
+        adapter.mark_request(request, "mark", f"marked {text}")
+        return [gr.validate(True, ""), None]
+
+    def hold(self, text: str, state: Any, request: gr.Request) -> tuple[str, dict[str, str]]:
+        self.gate.wait(30)
+        return f"{adapter.request_mark(request, 'mark')} / {adapter.request_mark(request, 'never set')}", {"got": text}
+
+    def submit(self, client: httpx.Client, text: str, session_hash: str) -> str:
+        response = client.post("/gradio_api/call/hold", json={"data": [text, None], "session_hash": session_hash})
+        response.raise_for_status()
+        return response.json()["event_id"]
+
+    def result(self, client: httpx.Client, event_id: str) -> Any:
+        with client.stream("GET", f"/gradio_api/call/hold/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    data = json.loads(line[5:])
+        return data
+
+
+@pytest.fixture(scope="module")
+def app():
+    mini = MiniApp()
+    yield mini
+    mini.gate.set()
+    mini.demo.close()
+
+
+@pytest.fixture
+def client(app):
+    with httpx.Client(base_url=app.url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+def gate(app):
+    app.gate.clear()
+    yield app.gate
+    app.gate.set()
+
+
+def test_the_installed_gradio_is_the_version_the_adapter_was_checked_against():
+    assert gr.__version__ == adapter.GRADIO_VERSION, (
+        f"Gradio {gr.__version__} is installed; glmimage/web/gradio_adapter.py was checked against "
+        f"{adapter.GRADIO_VERSION}. Re-check every function there against the new Gradio, then move the pin."
+    )
+
+
+def test_waiting_and_running_events_name_their_api_client_and_session(app, client, gate):
+    running = app.submit(client, "first", "session-run")
+    wait_until(lambda: len(list(adapter.running_events(app.demo))) == 1)
+    waiting = app.submit(client, "second", "session-wait")
+    wait_until(lambda: adapter.queue_length(app.demo) == 1)
+
+    events = list(adapter.waiting_and_running_events(app.demo))
+    assert [adapter.event_session_hash(e) for e in events] == ["session-wait", "session-run"]
+    assert all(adapter.event_api_name(e) == "hold" for e in events)
+    assert all(adapter.event_client_host(e) == "127.0.0.1" for e in events)
+    assert [adapter.event_session_hash(e) for e in adapter.running_events(app.demo)] == ["session-run"]
+
+    gate.set()
+    assert app.result(client, running)[0] == "marked first / None"
+    assert app.result(client, waiting)[0] == "marked second / None"
+    wait_until(lambda: not list(adapter.waiting_and_running_events(app.demo)))
+    assert adapter.queue_length(app.demo) == 0
+
+
+def test_the_validator_marks_the_request_the_function_then_reads(app, client):
+    event_id = app.submit(client, "x", "session-mark")
+    assert app.result(client, event_id)[0] == "marked x / None"
+
+
+def test_a_running_event_is_no_longer_alive_once_its_client_drops_the_stream(app, gate):
+    leaver = httpx.Client(base_url=app.url, timeout=30)
+    event_id = app.submit(leaver, "leaving", "session-leaves")
+    with leaver.stream("GET", f"/gradio_api/call/hold/{event_id}"):
+        wait_until(lambda: len(list(adapter.running_events(app.demo))) == 1)
+        event = next(adapter.running_events(app.demo))
+        assert adapter.event_alive(event) is True
+    leaver.close()
+    wait_until(lambda: adapter.event_alive(event) is False)
+
+
+def test_a_session_is_closed_once_its_page_heartbeat_ends(app, client):
+    app.result(client, app.submit(client, "hello", "session-heartbeat"))
+    assert adapter.session_closed(app.demo, "session-heartbeat") is False
+    assert adapter.session_closed(app.demo, "no-such-session") is False
+    with (
+        httpx.Client(base_url=app.url, timeout=30) as page,
+        page.stream("GET", "/gradio_api/heartbeat/session-heartbeat") as heartbeat,
+    ):
+        next(heartbeat.iter_raw())  # the page is open
+    wait_until(lambda: adapter.session_closed(app.demo, "session-heartbeat"))
+
+
+def test_session_values_last_activity_and_dropping_a_session(app, client):
+    before = time.time()
+    app.result(client, app.submit(client, "kept", "session-drop"))
+
+    assert adapter.session_values(app.demo, "session-drop") == [{"got": "kept"}]
+    assert adapter.session_values(app.demo, "no-such-session") == []
+    seen = adapter.last_activity(app.demo)["session-drop"]
+    assert before - 1 <= seen.timestamp() <= time.time() + 1
+
+    assert adapter.drop_session(app.demo, "session-drop") == [{"got": "kept"}]
+    assert "session-drop" not in adapter.last_activity(app.demo)
+    assert adapter.session_values(app.demo, "session-drop") == []
+    assert adapter.drop_session(app.demo, "session-drop") == []
+
+
+def test_the_upload_folder_is_gradios_temporary_folder():
+    assert adapter.upload_folder() == Path(os.environ["GRADIO_TEMP_DIR"])
