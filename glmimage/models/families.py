@@ -152,10 +152,8 @@ def family_for_pipeline(pipeline_class: str) -> Family:
         if family.pipeline_class == pipeline_class:
             return family
     supported = ", ".join(f.pipeline_class for f in FAMILIES)
-    raise ModelNotReady(
-        "load.unsupported_model",
-        detail=f"the model is a {pipeline_class or 'folder without model_index.json'}; GLM Image runs {supported}",
-    )
+    detail = f"the model is a {pipeline_class or 'folder without model_index.json'}; GLM Image runs {supported}"
+    raise ModelNotReady("load.unsupported_model", detail, detail=detail)
 
 
 def model_index_file(model: str | os.PathLike[str]) -> Path:
