@@ -184,3 +184,13 @@ def test_every_picture_size_gives_a_legal_output_size_close_to_its_shape():
                 rules = family.sizes
                 if rules.min_side / rules.max_side <= width / height <= rules.max_side / rules.min_side:
                     assert abs(fitted[0] / fitted[1] - width / height) <= 0.1 * width / height, (width, height)
+
+
+def test_cache_with_glm_image_is_refused_at_load_with_the_reason():
+    from glmimage.models.accel import FastPaths
+
+    loader = PipelineLoader(TINY_GLM_MODEL_NAME, fast=FastPaths(cache_threshold=0.1), warmup=False).start()
+    with pytest.raises(ModelNotReady) as refused:
+        loader.wait(120)
+    assert refused.value.key == "load.unsupported_option"
+    assert "--cache" in loader.error_detail and "GLM-Image" in loader.error_detail

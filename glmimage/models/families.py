@@ -50,6 +50,7 @@ class Family:
             prompt is bounded only by ``limits.MAX_PROMPT_CHARS``.
         dtypes: dtypes that draw correct pictures; refused_dtypes: (dtype, why) pairs for the others asked for.
         heavy_components: the pipeline components that hold most of the weights (what int8 quantization shrinks).
+        first_block_cache: whether diffusers' first-block cache (``--cache``) supports the family's transformer.
         sampler: the scheduler's name in the PNG's A1111 ``parameters`` text.
     """
 
@@ -71,6 +72,7 @@ class Family:
     dtypes: tuple[str, ...]
     refused_dtypes: tuple[tuple[str, str], ...]
     heavy_components: tuple[str, ...]
+    first_block_cache: bool
     sampler: str = "FlowMatchEuler"
 
     @property
@@ -114,6 +116,7 @@ COGVIEW4 = Family(
     dtypes=("bfloat16", "float32"),
     refused_dtypes=(_FLOAT16,),
     heavy_components=("transformer", "text_encoder"),
+    first_block_cache=True,
 )
 
 GLM_IMAGE = Family(
@@ -141,6 +144,8 @@ GLM_IMAGE = Family(
     dtypes=("bfloat16", "float32"),
     refused_dtypes=(_FLOAT16,),
     heavy_components=("vision_language_encoder", "transformer"),
+    # diffusers 0.42.1 has no block registration for GlmImageTransformerBlock ("Model class ... not registered").
+    first_block_cache=False,
 )
 
 FAMILIES: tuple[Family, ...] = (COGVIEW4, GLM_IMAGE)

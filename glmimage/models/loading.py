@@ -192,6 +192,9 @@ class PipelineLoader:
         problem = self.family.dtype_problem(self.dtype_name)
         if problem:
             raise ModelNotReady("load.failed", detail=f"--dtype {self.dtype_name}: {problem}")
+        if self.fast.cache_threshold > 0 and not self.family.first_block_cache:
+            detail = f"--cache: diffusers' first-block cache does not support {self.family.display_name}"
+            raise ModelNotReady("load.unsupported_option", detail, detail=detail)
         log.info(
             "loading %s model %s (%s) on %s", self.family.display_name, self.choice.name, self.dtype_name, self.device
         )
