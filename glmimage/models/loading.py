@@ -191,7 +191,8 @@ class PipelineLoader:
         self.family = family_of_model(path)
         problem = self.family.dtype_problem(self.dtype_name)
         if problem:
-            raise ModelNotReady("load.failed", detail=f"--dtype {self.dtype_name}: {problem}")
+            detail = f"--dtype {self.dtype_name}: {problem}"
+            raise ModelNotReady("load.failed", detail, detail=detail)
         if self.fast.cache_threshold > 0 and not self.family.first_block_cache:
             detail = f"--cache: diffusers' first-block cache does not support {self.family.display_name}"
             raise ModelNotReady("load.unsupported_option", detail, detail=detail)
