@@ -194,3 +194,20 @@ def test_cache_with_glm_image_is_refused_at_load_with_the_reason():
         loader.wait(120)
     assert refused.value.key == "load.unsupported_option"
     assert "--cache" in loader.error_detail and "GLM-Image" in loader.error_detail
+
+
+def test_the_png_parameters_of_an_edit_count_its_pictures_and_name_no_file(styles):
+    from glmimage.sessions import a1111_parameters
+
+    request = validate_request(styles, **VALID, family=GLM_IMAGE, images=["/tmp/session-x/a.png"] * 2)
+    text = a1111_parameters(request.prompt, "", request, 7, "zai-org/GLM-Image", GLM_IMAGE.sampler)
+    assert text.endswith("Model: zai-org/GLM-Image, Style: none, Reference images: 2")
+    assert "Negative prompt" not in text and "/tmp" not in text
+
+
+def test_a_style_gives_glm_image_its_prompt_template_and_no_negative_prompt(styles):
+    styled = next(style_id for style_id in styles.ids if style_id != "none" and styles.get(style_id).negative_prompt)
+    for_cogview4 = styles.apply(styled, "a fox", "")
+    for_glm = styles.apply(styled, "a fox", "", takes_negative=GLM_IMAGE.negative_prompt)
+    assert for_glm.prompt == for_cogview4.prompt and "a fox" in for_glm.prompt
+    assert for_cogview4.negative_prompt and for_glm.negative_prompt == ""
