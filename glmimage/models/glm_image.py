@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError
-from .families import SizeRules
+from .families import GLM_IMAGE, SizeRules
 
 if TYPE_CHECKING:
     import torch
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 
 PLANNING = "planning"
 DENOISING = "denoising"
-# The processor's own limit (transformers' glm_image smart_resize refuses pictures longer than 4:1).
-MAX_REFERENCE_ASPECT = 4.0
 
 PhaseCallback = Callable[[str], None]
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
@@ -100,7 +98,7 @@ def _stop_between_tokens(module: torch.nn.Module, should_stop: StopCheck | None,
     """Check ``should_stop`` before each forward pass of ``module`` made by THIS thread (one per written token).
 
     The module may be shared with other workers of the same device; they wait on the same planning lock, and the
-    thread check keeps the hook theirs-proof anyway."""
+    thread check keeps this job's Stop from ever ending theirs."""
     if should_stop is None:
         yield
         return
@@ -133,7 +131,7 @@ def reference_rules(pipe: GlmImagePipeline) -> SizeRules:
     low = -(-shortest // step) * step
     high = longest // step * step
     return SizeRules(
-        min_side=low, max_side=high, multiple=step, max_pixels=high * high, max_aspect=MAX_REFERENCE_ASPECT
+        min_side=low, max_side=high, multiple=step, max_pixels=high * high, max_aspect=GLM_IMAGE.max_reference_aspect
     )
 
 
