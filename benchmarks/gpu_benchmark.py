@@ -17,6 +17,11 @@ reported as skipped. Results are written after each variant, to PREFIX.md and PR
         [--variants plain,compile,cache,offload,int8,best] [--repeats N] [--out PREFIX]
 
 ``--shrunk`` uses configs as small as glmimage.models.tiny's, so the whole script runs on CPU in seconds (CI).
+
+``--model glm-image`` measures GLM-Image instead (see ``run_glm_variant``): full-size random weights (the 9B AR
+model, the 7B DiT, the glyph encoder, the VAE), text-to-image and an edit from one picture, each through
+``glmimage.models.glm_image.run_glm_image`` as the app runs them, with the planning (AR) and denoising seconds and
+the peak memory of each; variants plain and offload (model CPU offload); 30 steps by default (the README's).
 """
 
 from __future__ import annotations
@@ -36,8 +41,16 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
+from diffusers import (
+    AutoencoderKL,
+    CogView4Pipeline,
+    CogView4Transformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    GlmImagePipeline,
+    GlmImageTransformer2DModel,
+)
 from diffusers.utils import logging as diffusers_logging
+from PIL import Image
 from transformers import GlmConfig, GlmModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +58,12 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without ins
     sys.path.insert(0, str(REPO_ROOT))
 
 from glmimage.models.accel import FastPaths, bucketed_prompt_embeds, prepare_pipeline  # noqa: E402
+from glmimage.models.glm_image import DENOISING, PLANNING, run_glm_image  # noqa: E402
 from glmimage.models.tiny import _build_tokenizer  # noqa: E402
+from glmimage.models.tiny_glm import _CHAT_TEMPLATE, _PATCH, _ar_tokenizer, ensure_tiny_glm_model  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "gpu_benchmark"
+DEFAULT_GLM_OUT = REPO_ROOT / "benchmarks" / "results" / "gpu_benchmark_glm"
 DEFAULT_VARIANTS = ("plain", "compile", "cache", "offload", "int8", "best")
 DEFAULT_CACHE_THRESHOLD = 0.1
 SEED = 0
@@ -354,20 +370,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shrunk", action="store_true", help="tiny configs: runs on CPU in seconds")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument(
+        "--model",
+        choices=("cogview4", "glm-image"),
+        default="cogview4",
+        help="which family to measure (default cogview4); glm-image: variants plain and offload",
+    )
+    parser.add_argument("--steps", type=int, help="default 50 for CogView4, 30 for GLM-Image (their READMEs)")
     parser.add_argument("--size", type=_size, default=(1024, 1024), help="WIDTHxHEIGHT, default 1024x1024")
     parser.add_argument(
         "--variants",
-        default=",".join(DEFAULT_VARIANTS),
-        help=f"comma-separated, from {','.join(_variants(DEFAULT_CACHE_THRESHOLD))}",
+        help=f"comma-separated, from {','.join(_variants(DEFAULT_CACHE_THRESHOLD))} (CogView4) or "
+        f"{','.join(GLM_VARIANTS)} (GLM-Image); default all",
     )
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per variant, after one warm-up")
     parser.add_argument("--cache-threshold", type=float, default=DEFAULT_CACHE_THRESHOLD)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes OUT.md and OUT.json")
+    parser.add_argument(
+        "--out", type=Path, help=f"writes OUT.md and OUT.json (default {DEFAULT_OUT.name}, {DEFAULT_GLM_OUT.name})"
+    )
     args = parser.parse_args(argv)
     args.width, args.height = args.size
+    glm = args.model == "glm-image"
+    if args.steps is None:
+        args.steps = 30 if glm else 50
+    if args.out is None:
+        args.out = DEFAULT_GLM_OUT if glm else DEFAULT_OUT
+    if args.variants is None:
+        args.variants = ",".join(GLM_VARIANTS if glm else DEFAULT_VARIANTS)
     args.variants = [name.strip() for name in args.variants.split(",") if name.strip()]
-    known = _variants(args.cache_threshold)
+    if glm and (args.width % 32 or args.height % 32):
+        parser.error(f"GLM-Image sizes are multiples of 32, got {args.width}x{args.height}")
+    known = GLM_VARIANTS if glm else _variants(args.cache_threshold)
     unknown = [name for name in args.variants if name not in known]
     if unknown or not args.variants:
         parser.error(f"unknown variant(s) {unknown}: choose from {', '.join(known)}")
@@ -385,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     diffusers_logging.set_verbosity_error()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.model == "glm-image":
+        return glm_main(args, device, dtype)
     meta = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": str(device),
@@ -420,6 +455,276 @@ def main(argv: list[str] | None = None) -> int:
         _free_memory(device)
         results.append(result)
         markdown = to_markdown(meta, results)
+        Path(f"{args.out}.md").write_text(markdown, encoding="utf-8")
+        report = {**meta, "results": [asdict(r) for r in results]}
+        Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(markdown)
+    return 0
+
+
+# GLM-Image ------------------------------------------------------------------------------------------------------
+
+# zai-org/GLM-Image's shapes. The AR model (GlmImageForConditionalGeneration, ~9B with its vision encoder and VQ
+# tokenizer) is transformers' GlmImageConfig() as it stands: its defaults are the published model's. The DiT is the
+# ~7B single-stream decoder (4096 wide, 30 layers); the glyph encoder is a ByT5-small encoder; the VAE has 16 latent
+# channels and 4 levels (factor 8).
+GLM_FULL_TRANSFORMER = {
+    "patch_size": 2,
+    "in_channels": 16,
+    "out_channels": 16,
+    "num_layers": 30,
+    "attention_head_dim": 128,
+    "num_attention_heads": 32,
+    "text_embed_dim": 1472,
+    "time_embed_dim": 512,
+    "condition_dim": 256,
+    "prior_vq_quantizer_codebook_size": 16384,
+}
+GLM_FULL_GLYPH_ENCODER = {
+    "vocab_size": 384,
+    "d_model": 1472,
+    "d_kv": 64,
+    "d_ff": 3584,
+    "num_layers": 12,
+    "num_heads": 6,
+    "feed_forward_proj": "gated-gelu",
+}
+GLM_FULL_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "latent_channels": 16,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "latents_mean": [0.0] * 16,
+    "latents_std": [1.0] * 16,
+}
+GLM_VARIANTS = {
+    "plain": Variant("plain", FastPaths(), "no fast path: pipe.to(device)"),
+    "offload": Variant("offload", FastPaths(offload="model"), "model CPU offload"),
+}
+GLM_PROMPT = 'A photo of a red fox reading a newspaper in a cafe, a sign that reads "GLM Image", soft morning light'
+GLM_EDIT_PROMPT = "Make it a watercolour painting, keep the composition"
+GLM_GUIDANCE = 1.5
+
+
+@dataclass
+class GlmTask:
+    """One timed generation: total seconds, its planning (AR) and denoising (DiT + VAE) parts, peak memory."""
+
+    seconds: float
+    planning_seconds: float
+    denoising_seconds: float
+    ar_forward_passes: int  # about one per image token written
+    peak_memory_gib: float | None
+
+
+@dataclass
+class GlmResult:
+    variant: str
+    description: str
+    status: str  # "ok", "failed" or "skipped"
+    reason: str = ""
+    setup_seconds: float | None = None
+    warmup_seconds: float | None = None
+    text_to_image: GlmTask | None = None
+    edit: GlmTask | None = None
+
+
+def build_glm_pipeline(shrunk: bool, device: torch.device, dtype: torch.dtype) -> GlmImagePipeline:
+    """A GlmImagePipeline with the real component classes and random weights on ``device``.
+
+    Shrunk: the tiny-glm model of the app. Full: every weight created in place on ``device`` (meta device, then
+    ``to_empty`` and ``normal_``). Random AR weights would also write the special tokens the vision vocabulary holds
+    above the VQ codebook (end of image among them), which the trained model never writes inside a picture: they are
+    suppressed, so every plan is full length and valid, as with the real weights.
+    """
+    if shrunk:
+        pipe = GlmImagePipeline.from_pretrained(ensure_tiny_glm_model(), dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+    from transformers import (
+        ByT5Tokenizer,
+        GlmImageConfig,
+        GlmImageForConditionalGeneration,
+        GlmImageProcessor,
+        T5Config,
+        T5EncoderModel,
+    )
+    from transformers.models.glm_image.image_processing_pil_glm_image import GlmImageImageProcessorPil
+
+    config = GlmImageConfig()
+    with init_empty_weights(include_buffers=False):
+        vision_language_encoder = GlmImageForConditionalGeneration(config)
+        text_encoder = T5EncoderModel(T5Config(**GLM_FULL_GLYPH_ENCODER))
+        transformer = GlmImageTransformer2DModel(**GLM_FULL_TRANSFORMER)
+        vae = AutoencoderKL(**GLM_FULL_VAE)
+    for module in (vision_language_encoder, text_encoder, transformer, vae):
+        _materialize(module, device, dtype)
+        module.eval()
+    codebook = GLM_FULL_TRANSFORMER["prior_vq_quantizer_codebook_size"]
+    vision_language_encoder.generation_config.suppress_tokens = list(
+        range(codebook, config.text_config.vision_vocab_size)
+    )
+    processor = GlmImageProcessor(
+        image_processor=GlmImageImageProcessorPil(
+            patch_size=_PATCH, temporal_patch_size=1, merge_size=1, min_pixels=512 * 512, max_pixels=2048 * 2048
+        ),
+        tokenizer=_ar_tokenizer(),
+        chat_template=_CHAT_TEMPLATE,
+    )
+    pipe = GlmImagePipeline(
+        tokenizer=ByT5Tokenizer(),
+        processor=processor,
+        text_encoder=text_encoder,
+        vision_language_encoder=vision_language_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_glm_task(pipe: GlmImagePipeline, device: torch.device, args: argparse.Namespace, edit: bool) -> GlmTask:
+    picture = None
+    if edit:
+        rng = torch.Generator().manual_seed(SEED)
+        pixels = torch.randint(0, 256, (args.height, args.width, 3), generator=rng, dtype=torch.uint8)
+        picture = Image.fromarray(pixels.numpy())
+    marks: dict[str, float] = {}
+    passes = [0]
+    counter = pipe.vision_language_encoder.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _synchronize(device)
+    start = time.perf_counter()
+    try:
+        run_glm_image(
+            pipe,
+            prompt=GLM_EDIT_PROMPT if edit else GLM_PROMPT,
+            images=[picture] if picture is not None else (),
+            width=args.width,
+            height=args.height,
+            num_inference_steps=args.steps,
+            guidance_scale=GLM_GUIDANCE,
+            seed=SEED,
+            on_phase=lambda phase: marks.__setitem__(phase, time.perf_counter()),
+        )
+        _synchronize(device)
+    finally:
+        counter.remove()
+    end = time.perf_counter()
+    return GlmTask(
+        seconds=end - start,
+        planning_seconds=marks[DENOISING] - marks[PLANNING],
+        denoising_seconds=end - marks[DENOISING],
+        ar_forward_passes=passes[0],
+        peak_memory_gib=_peak_gib(device),
+    )
+
+
+def run_glm_variant(variant: Variant, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> GlmResult:
+    """Build, place with the variant's fast paths, warm up (512² or the size, 2 steps), then one text-to-image and
+    one edit from a picture of the same size, timed."""
+    result = GlmResult(variant.name, variant.description, status="ok")
+    _free_memory(device)
+    start = time.perf_counter()
+    pipe = build_glm_pipeline(args.shrunk, device, dtype)
+    if variant.fast.offload != "none":
+        pipe.to("cpu")  # as after from_pretrained: offload never moves the whole pipeline to the GPU first
+        _free_memory(device)
+    prepare_pipeline(pipe, device, variant.fast)
+    result.setup_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    warm = min(args.width, 512), min(args.height, 512)
+    run_glm_image(
+        pipe, prompt="warm-up", width=warm[0], height=warm[1], num_inference_steps=2, guidance_scale=1.5, seed=0
+    )
+    _synchronize(device)
+    result.warmup_seconds = time.perf_counter() - start
+    result.text_to_image = run_glm_task(pipe, device, args, edit=False)
+    result.edit = run_glm_task(pipe, device, args, edit=True)
+    return result
+
+
+def glm_to_markdown(meta: dict, results: list[GlmResult]) -> str:
+    lines = [
+        f"# GLM-Image on the GPU — {meta['device_name']}",
+        "",
+        (
+            f"{meta['date']} · {meta['model']} · {meta['dtype']} · {meta['width']}x{meta['height']}, "
+            f"{meta['steps']} steps, guidance {GLM_GUIDANCE}, one timed run per task after a 2-step warm-up · "
+            f"torch {meta['torch']} · diffusers {meta['diffusers']} · transformers {meta['transformers']}"
+        ),
+        "",
+        (
+            "| variant | what | status | task | s/image | planning (AR) s | denoising + decode s | AR passes "
+            "| peak GPU memory (GiB) | setup (s) | note |"
+        ),
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        tasks = [("text-to-image", r.text_to_image), ("edit (1 picture)", r.edit)]
+        if r.status != "ok":
+            tasks = [("–", None)]
+        for name, task in tasks:
+            seconds = planning = denoising = memory = None
+            passes = "–"
+            if task is not None:
+                seconds, planning, denoising = task.seconds, task.planning_seconds, task.denoising_seconds
+                memory, passes = task.peak_memory_gib, str(task.ar_forward_passes)
+            lines.append(
+                f"| {r.variant} | {r.description} | {r.status} | {name} | {_format(seconds)} | {_format(planning)} | "
+                f"{_format(denoising)} | {passes} | {_format(memory)} | {_format(r.setup_seconds)} | "
+                f"{r.reason.replace('|', '/')} |"
+            )
+    lines += [
+        "",
+        "Random weights: speed and memory are those of the real model (the AR model writes the full token grid:",
+        "~256 preview tokens plus one per 32x32 pixels for text-to-image, one per 32x32 pixels for an edit). Peak",
+        "memory is torch.cuda.max_memory_allocated during each task. The README of zai-org/GLM-Image gives, on one",
+        "H100: 1024² 64 s / 38 GB; image-to-image 1024² 59 s / 38 GB.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def glm_main(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> int:
+    meta = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "model": "GLM-Image, tiny-glm shapes" if args.shrunk else "GLM-Image shapes (full size), random weights",
+        "dtype": str(dtype).removeprefix("torch."),
+        "width": args.width,
+        "height": args.height,
+        "steps": args.steps,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": _package_version("diffusers"),
+        "transformers": _package_version("transformers"),
+    }
+    results: list[GlmResult] = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name in args.variants:
+        variant = GLM_VARIANTS[name]
+        print(f"[gpu_benchmark] glm-image {name}: {variant.description} ...", file=sys.stderr, flush=True)
+        if variant.fast.offload != "none" and device.type != "cuda":
+            result = GlmResult(name, variant.description, status="skipped", reason="skipped: needs CUDA")
+        else:
+            try:
+                result = run_glm_variant(variant, args, device, dtype)
+            except Exception as error:  # a failing variant is a result; the others still run
+                traceback.print_exc()
+                reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+                result = GlmResult(name, variant.description, status="failed", reason=reason)
+        _free_memory(device)
+        results.append(result)
+        markdown = glm_to_markdown(meta, results)
         Path(f"{args.out}.md").write_text(markdown, encoding="utf-8")
         report = {**meta, "results": [asdict(r) for r in results]}
         Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

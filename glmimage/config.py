@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
-from .limits import DEFAULT_MODEL
+from .limits import DEFAULT_MAX_UPLOAD_MB, DEFAULT_MODEL
 from .models.accel import OFFLOAD_MODES, QUANTIZE_MODES, FastPaths
 from .ratelimit import RateLimit, parse_trusted_proxies
 
@@ -39,6 +39,7 @@ class Settings:
     session_ttl: float = 3600.0
     file_ttl: float = 7200.0
     log_prompts: bool = False
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     host: str = "127.0.0.1"
     port: int = 7860
     cache_dir: str | None = None
@@ -60,6 +61,8 @@ class Settings:
                 f"--session-ttl ({self.session_ttl:g} s) must be positive and at most --file-ttl "
                 f"({self.file_ttl:g} s), or history would point at deleted images"
             )
+        if not self.max_upload_mb > 0:  # also refuses NaN
+            raise ValueError(f"--max-upload-mb must be positive (got {self.max_upload_mb})")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"--port must be from 1 to 65535 (got {self.port})")
         RateLimit.parse(self.rate_limit)
@@ -74,6 +77,10 @@ class Settings:
             cache_threshold=self.cache_threshold if self.cache else 0.0,
             quantize=self.quantize,
         )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
 
     @property
     def parsed_rate_limit(self) -> RateLimit:
@@ -119,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument(
         "--model",
-        help=f"hub id (e.g. {DEFAULT_MODEL}), local folder, or 'tiny' (random weights, "
-        "for testing). Default: the real model when CUDA is available, else tiny",
+        help=f"hub id (e.g. {DEFAULT_MODEL} or zai-org/GLM-Image), local folder, or 'tiny' / 'tiny-glm' "
+        "(random CogView4 / GLM-Image weights, for testing). Default: the real CogView4 when CUDA is available, "
+        "else tiny",
     )
     model.add_argument("--dtype", choices=[*DTYPES, "float16"], help="default auto: bfloat16 on CUDA, float32 on CPU")
     model.add_argument("--offload", choices=OFFLOAD_MODES, help="CPU offload for small GPUs (needs CUDA)")
@@ -154,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--trusted-proxies",
         help="comma-separated proxy IPs/CIDRs whose X-Forwarded-For is "
         "believed (default: none, the header is ignored)",
+    )
+    serving.add_argument(
+        "--max-upload-mb",
+        type=float,
+        help=f"largest picture a visitor may upload to edit, per file (default {DEFAULT_MAX_UPLOAD_MB:g})",
     )
     privacy = p.add_argument_group("privacy")
     privacy.add_argument("--max-sessions", type=int, help="most sessions kept in memory (default 2000)")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import limits
 from .errors import InputError
+from .models.families import COGVIEW4, Family, SizeRules
 from .sizes import size_problem
 from .styles import StyleBook
 
@@ -32,9 +33,17 @@ class GenerationRequest:
     randomize_seed: bool = True
     num_inference_steps: int = limits.DEFAULT_STEPS
     guidance_scale: float = limits.DEFAULT_GUIDANCE
+    # An edit: the cleaned copies of the visitor's pictures (glmimage.images.intake_upload), in the session folder.
+    images: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The parameters, for the details JSON, the history and the session log. An edit says how many pictures
+        it took, never where they are stored; a text-to-image request keeps exactly the ``/generate`` fields."""
+        values = asdict(self)
+        del values["images"]
+        if self.images:
+            values["reference_images"] = len(self.images)
+        return values
 
 
 def _text(field: str, value: object, *, required: bool) -> str:
@@ -117,35 +126,44 @@ def _number(field: str, value: object, low: float, high: float) -> float:
     return float(value)
 
 
-def _size(width: int, height: int) -> None:
-    problem = size_problem(width, height)
+def _size(width: int, height: int, rules: SizeRules) -> None:
+    problem = size_problem(width, height, rules)
     if problem == "error.side_range":
         raise InputError(
             problem,
-            f"width and height must be from {limits.MIN_SIDE} to {limits.MAX_SIDE} pixels (got {width}×{height}).",
+            f"width and height must be from {rules.min_side} to {rules.max_side} pixels (got {width}×{height}).",
             width=width,
             height=height,
-            min=limits.MIN_SIDE,
-            max=limits.MAX_SIDE,
+            min=rules.min_side,
+            max=rules.max_side,
         )
     if problem == "error.side_multiple":
         raise InputError(
             problem,
-            f"width and height must be multiples of {limits.SIDE_MULTIPLE} (got {width}×{height}).",
+            f"width and height must be multiples of {rules.multiple} (got {width}×{height}).",
             width=width,
             height=height,
-            multiple=limits.SIDE_MULTIPLE,
+            multiple=rules.multiple,
         )
     if problem == "error.too_many_pixels":
         raise InputError(
             problem,
-            f"width × height must be at most {limits.MAX_PIXELS:,} pixels "
-            f"(got {width}×{height} = {width * height:,}).",
+            f"width × height must be at most {rules.max_pixels:,} pixels (got {width}×{height} = {width * height:,}).",
             width=width,
             height=height,
-            max_pixels=limits.MAX_PIXELS,
+            max_pixels=rules.max_pixels,
             pixels=width * height,
         )
+
+
+def _unsupported(family: Family, field: str) -> InputError:
+    """A parameter this model does not take: refused, naming the model, never dropped silently."""
+    return InputError(
+        "error.unsupported_field",
+        f"{family.display_name} does not take a {field.replace('_', ' ')}: leave it empty.",
+        field=field,
+        model=family.display_name,
+    )
 
 
 def validate_request(
@@ -160,44 +178,91 @@ def validate_request(
     randomize_seed: object = True,
     num_inference_steps: object = limits.DEFAULT_STEPS,
     guidance_scale: object = limits.DEFAULT_GUIDANCE,
+    *,
+    family: Family = COGVIEW4,
+    images: Sequence[str] | None = None,
 ) -> GenerationRequest:
-    """Check raw values field by field and build the request; the first problem raises :class:`InputError`."""
+    """Check raw values field by field against ``family``'s rules and build the request; the first problem raises
+    :class:`InputError`. ``images`` (an edit) are paths of pictures already through ``glmimage.images``' intake;
+    here only their number is checked."""
     prompt_text = _text("prompt", prompt, required=True)
     negative_text = _text("negative_prompt", negative_prompt, required=False)
+    if negative_text and not family.negative_prompt:
+        raise _unsupported(family, "negative_prompt")
     if not isinstance(style, str) or style not in styles:
         raise InputError(
             "error.unknown_style", f"Unknown style {str(style)[:40]!r}: choose one of the list.", style=str(style)[:40]
         )
-    width_px = _integer("width", width, limits.MIN_SIDE, limits.MAX_SIDE)
-    height_px = _integer("height", height, limits.MIN_SIDE, limits.MAX_SIDE)
-    _size(width_px, height_px)
-    images = _integer("num_images", num_images, limits.MIN_IMAGES, limits.MAX_IMAGES)
+    rules = family.sizes
+    width_px = _integer("width", width, rules.min_side, rules.max_side)
+    height_px = _integer("height", height, rules.min_side, rules.max_side)
+    _size(width_px, height_px, rules)
+    count = _integer("num_images", num_images, limits.MIN_IMAGES, family.max_images)
     seed_value = _integer("seed", seed, 0, limits.MAX_SEED)
     if not isinstance(randomize_seed, bool):
         raise InputError("error.not_boolean", "randomize_seed must be true or false.", field="randomize_seed")
-    steps = _integer("num_inference_steps", num_inference_steps, limits.MIN_STEPS, limits.MAX_STEPS)
-    guidance = _number("guidance_scale", guidance_scale, limits.MIN_GUIDANCE, limits.MAX_GUIDANCE)
+    steps = _integer("num_inference_steps", num_inference_steps, *family.steps_range)
+    guidance = _number("guidance_scale", guidance_scale, *family.guidance_range)
+    pictures: tuple[str, ...] = ()
+    if images is not None:
+        check_reference_count(len(images), family)
+        pictures = tuple(str(path) for path in images)
     return GenerationRequest(
-        prompt_text, negative_text, style, width_px, height_px, images, seed_value, randomize_seed, steps, guidance
+        prompt_text,
+        negative_text,
+        style,
+        width_px,
+        height_px,
+        count,
+        seed_value,
+        randomize_seed,
+        steps,
+        guidance,
+        pictures,
     )
 
 
-def check_token_count(field: str, tokens: int) -> None:
-    """Refuse a prompt longer than CogView4 reads, instead of letting the pipeline cut it silently."""
-    if tokens > limits.MAX_PROMPT_TOKENS:
+def check_reference_count(count: int, family: Family) -> None:
+    """An edit takes 1 to ``family.max_reference_images`` pictures; a model that takes none refuses every edit."""
+    if not family.takes_reference_images:
         raise InputError(
-            "error.too_many_tokens",
-            f"{field} is too long: {tokens} tokens, the model reads at most {limits.MAX_PROMPT_TOKENS}.",
-            field=field,
-            tokens=tokens,
-            max=limits.MAX_PROMPT_TOKENS,
+            "error.edit_unsupported",
+            f"{family.display_name} draws from text only: it cannot edit pictures.",
+            model=family.display_name,
+        )
+    if count < 1:
+        raise InputError("error.no_images", "Add at least one picture to edit.", field="images")
+    if count > family.max_reference_images:
+        raise InputError(
+            "error.too_many_images",
+            f"Too many pictures: {count}; {family.display_name} takes at most {family.max_reference_images}.",
+            field="images",
+            count=count,
+            max=family.max_reference_images,
+            model=family.display_name,
         )
 
 
-def check_prompt_tokens(prompt: str, negative_prompt: str, count_tokens: Callable[[str], int | None]) -> None:
+def check_token_count(field: str, tokens: int, family: Family = COGVIEW4) -> None:
+    """Refuse a prompt longer than the model reads, instead of letting the pipeline cut it silently."""
+    if family.max_prompt_tokens is not None and tokens > family.max_prompt_tokens:
+        raise InputError(
+            "error.too_many_tokens",
+            f"{field} is too long: {tokens} tokens, the model reads at most {family.max_prompt_tokens}.",
+            field=field,
+            tokens=tokens,
+            max=family.max_prompt_tokens,
+        )
+
+
+def check_prompt_tokens(
+    prompt: str, negative_prompt: str, count_tokens: Callable[[str], int | None], family: Family = COGVIEW4
+) -> None:
     """Check the final (styled) prompts against the token limit; ``count_tokens`` gives None before the
-    tokenizer is loaded, and then the engine checks again once it is."""
+    tokenizer is loaded, and then the engine checks again once it is. A family without a token limit skips it."""
+    if family.max_prompt_tokens is None:
+        return
     for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
         tokens = count_tokens(text)
         if tokens is not None:
-            check_token_count(field, tokens)
+            check_token_count(field, tokens, family)

@@ -27,15 +27,27 @@ log = logging.getLogger("glmimage.sessions")
 PROMPT_FIELDS = ("prompt", "negative_prompt")
 
 
-def a1111_parameters(prompt: str, negative_prompt: str, request: GenerationRequest, seed: int, model: str) -> str:
-    """The ``parameters`` text of an AUTOMATIC1111 PNG, which other tools (and A1111's PNG Info) read."""
+def a1111_parameters(
+    prompt: str,
+    negative_prompt: str,
+    request: GenerationRequest,
+    seed: int,
+    model: str,
+    sampler: str = "FlowMatchEuler",
+) -> str:
+    """The ``parameters`` text of an AUTOMATIC1111 PNG, which other tools (and A1111's PNG Info) read. An edit
+    says how many pictures it started from; the pictures themselves never go into the PNG. ``sampler`` is the
+    model family's (``Family.sampler``)."""
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(
-        f"Steps: {request.num_inference_steps}, Sampler: FlowMatchEuler, CFG scale: {request.guidance_scale:g}, "
+    settings = (
+        f"Steps: {request.num_inference_steps}, Sampler: {sampler}, CFG scale: {request.guidance_scale:g}, "
         f"Seed: {seed}, Size: {request.width}x{request.height}, Model: {model}, Style: {request.style}"
     )
+    if request.images:
+        settings += f", Reference images: {len(request.images)}"
+    lines.append(settings)
     return "\n".join(lines)
 
 

@@ -66,8 +66,11 @@ class StyleBook:
             return None
         return self._styles[style_id]
 
-    def apply(self, style_id: str, prompt: str, negative_prompt: str) -> StyledPrompt:
-        return apply_style(self.get(style_id), prompt, negative_prompt)
+    def apply(self, style_id: str, prompt: str, negative_prompt: str, *, takes_negative: bool = True) -> StyledPrompt:
+        """The final prompts; for a model that takes no negative prompt (``Family.negative_prompt`` false) the
+        style's negative part is left out, so the details show exactly what the model received."""
+        final = apply_style(self.get(style_id), prompt, negative_prompt)
+        return final if takes_negative else StyledPrompt(final.prompt, "")
 
 
 def load_styles(path: Path = ASSETS_DIR / "styles.json") -> StyleBook:

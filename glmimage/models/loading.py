@@ -1,4 +1,5 @@
-"""The one place that loads the CogView4 pipeline: once, in the background, shared by every session.
+"""The one place that loads the pipeline (CogView4 or GLM-Image, as the model folder says): once, in the
+background, shared by every session.
 
 The page comes up at once; the model loads on its own thread and reports its state (loading / ready / failed
 with the reason). A generation asked for while loading waits. A failed load leaves the server up and says what
@@ -15,10 +16,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ModelNotReady
+from ..errors import AppError, ModelNotReady
 from ..limits import DEFAULT_MODEL
 from .accel import FastPaths, prepare_pipeline
+from .families import Family, family_of_model
 from .tiny import TINY_MODEL_NAME, ensure_tiny_model
+from .tiny_glm import TINY_GLM_MODEL_NAME, ensure_tiny_glm_model
+
+# Test models built offline into --cache-dir on first use, by name.
+TINY_BUILDERS = {TINY_MODEL_NAME: ensure_tiny_model, TINY_GLM_MODEL_NAME: ensure_tiny_glm_model}
 
 log = logging.getLogger("glmimage.loading")
 
@@ -43,7 +49,7 @@ def choose_model(requested: str | None, cuda_available: bool) -> ModelChoice:
         if cuda_available:
             return ModelChoice(DEFAULT_MODEL, is_tiny=False, auto_tiny=False)
         return ModelChoice(TINY_MODEL_NAME, is_tiny=True, auto_tiny=True)
-    return ModelChoice(requested, is_tiny=requested == TINY_MODEL_NAME, auto_tiny=False)
+    return ModelChoice(requested, is_tiny=requested in TINY_BUILDERS, auto_tiny=False)
 
 
 def choose_dtype(requested: str, device_type: str) -> str:
@@ -55,6 +61,8 @@ def choose_dtype(requested: str, device_type: str) -> str:
 
 def failure_key(exc: BaseException, model: str) -> str:
     """Turn a loading error into a message key that says what to do."""
+    if isinstance(exc, AppError):  # already worded (e.g. a model of a family GLM Image does not run)
+        return exc.key
     text = f"{type(exc).__name__}: {exc}"
     if "OutOfMemory" in text or "out of memory" in text.lower():
         return "load.oom"
@@ -101,6 +109,8 @@ class PipelineLoader:
         self.device: Any = None  # torch.device
         self.choice: ModelChoice | None = None
         self.dtype_name: str | None = None
+        # The model's row of the capability table, known once its model_index.json has been read.
+        self.family: Family | None = None
         self.fast = fast or FastPaths()
         self.warmup = warmup
         self.cache_dir = cache_dir
@@ -172,13 +182,26 @@ class PipelineLoader:
             self._done.set()
 
     def load_pipeline(self) -> Any:
-        from diffusers import CogView4Pipeline
+        import diffusers
 
         torch = self._torch
-        path = str(ensure_tiny_model(self.cache_dir)) if self.choice.is_tiny else self.choice.name
-        log.info("loading model %s (%s) on %s", self.choice.name, self.dtype_name, self.device)
+        build = TINY_BUILDERS.get(self.choice.name)
+        path = str(build(self.cache_dir)) if build is not None else self.choice.name
+        # The pipeline class comes from the folder's model_index.json, through the capability table.
+        self.family = family_of_model(path)
+        problem = self.family.dtype_problem(self.dtype_name)
+        if problem:
+            detail = f"--dtype {self.dtype_name}: {problem}"
+            raise ModelNotReady("load.failed", detail, detail=detail)
+        if self.fast.cache_threshold > 0 and not self.family.first_block_cache:
+            detail = f"--cache: diffusers' first-block cache does not support {self.family.display_name}"
+            raise ModelNotReady("load.unsupported_option", detail, detail=detail)
+        log.info(
+            "loading %s model %s (%s) on %s", self.family.display_name, self.choice.name, self.dtype_name, self.device
+        )
         # Always pass the dtype: without it the text encoder keeps bfloat16 while the rest is float32.
-        pipe = CogView4Pipeline.from_pretrained(path, dtype=getattr(torch, self.dtype_name))
+        pipeline_class = getattr(diffusers, self.family.pipeline_class)
+        pipe = pipeline_class.from_pretrained(path, dtype=getattr(torch, self.dtype_name))
         pipe.set_progress_bar_config(disable=True)
         prepare_pipeline(pipe, self.device, self.fast)
         if self.warmup:

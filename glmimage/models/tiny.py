@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 TINY_MODEL_NAME = "tiny"
@@ -174,19 +175,24 @@ def build_tiny_pipeline(out_dir: str | os.PathLike[str]) -> Path:
 
 
 def ensure_tiny_model(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Return the folder of the tiny model, building it once into the cache folder.
+    """Return the folder of the tiny model, building it once into the cache folder."""
+    return ensure_built(cache_dir, f"tiny-cogview4-v{TINY_RECIPE_VERSION}", build_tiny_pipeline)
+
+
+def ensure_built(cache_dir: str | os.PathLike[str] | None, folder: str, build: Callable[[Path], object]) -> Path:
+    """Return ``cache_dir/folder``, calling ``build(path)`` once to save a pipeline there if it is missing.
 
     The build goes to a temporary sibling folder that is renamed into place, so two processes starting at once
     never see a half-written model.
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / f"tiny-cogview4-v{TINY_RECIPE_VERSION}"
+    target = root / folder
     if (target / "model_index.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
     try:
-        build_tiny_pipeline(staging / "model")
+        build(staging / "model")
         try:
             os.replace(staging / "model", target)
         except OSError:
