@@ -25,6 +25,8 @@ from ..engine import Engine
 from ..enhancer import EnhancerError, PromptEnhancer
 from ..errors import EngineError, InputError, Refused
 from ..i18n import Translator, language_of
+from ..maintenance import Drain, MaintenanceFile
+from ..metrics import Metrics
 from ..models.loading import ModelState, PipelineLoader
 from ..ratelimit import client_ip
 from ..service import API_FIELDS, GenerationService
@@ -45,7 +47,12 @@ CSS = """
 /* Whole images in the result: Gradio's square cells are wider than the box is tall, which cut images off. */
 #result .grid-container { height: 100%; box-sizing: border-box; }
 #result .thumbnail-item { aspect-ratio: auto; }
+/* ops: the maintenance banner stands out from the page (issue 13). */
+#maintenance-banner { border: 1px solid var(--color-accent); border-radius: var(--radius-lg);
+  background: var(--color-accent-soft); padding: var(--spacing-md) var(--spacing-lg); }
 """
+# ops: how often an open page looks for the maintenance file's banner (only with --maintenance-file).
+MAINTENANCE_POLL_S = 5.0
 
 
 @dataclass
@@ -61,6 +68,10 @@ class AppParts:
     examples: list[dict[str, Any]]
     files_root: Path
     enhancer: PromptEnhancer | None = None
+    # ops (issue 13): the maintenance file, a shutdown under way, the metrics the service reports to.
+    maintenance: MaintenanceFile | None = None
+    drain: Drain | None = None
+    metrics: Metrics | None = None
 
 
 def files_folder() -> Path:
@@ -182,7 +193,15 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
     """Lay out the page and wire its events. ``i18n`` must also be passed to ``launch``."""
     settings, translator, styles = parts.settings, parts.translator, parts.styles
     texts = Texts(translator)
-    service = GenerationService(settings, parts.engine, styles, lambda: parts.loader.model_name)
+    service = GenerationService(
+        settings,
+        parts.engine,
+        styles,
+        lambda: parts.loader.model_name,
+        observer=parts.metrics,
+        maintenance=parts.maintenance,
+        drain=parts.drain,
+    )
     preset_by_label = {p.label: p for p in parts.presets}
     default_preset = next(
         p.label for p in parts.presets if (p.width, p.height) == (limits.DEFAULT_WIDTH, limits.DEFAULT_HEIGHT)
@@ -200,6 +219,9 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             value=Session(files_root), time_to_live=settings.session_ttl, delete_callback=dispose_session
         )
         gr.Markdown(i18n("app.header"), elem_id="header")
+        # ---- ops: maintenance banner (filled by show_operator_notes below) ----
+        maintenance_banner = gr.Markdown(visible=False, elem_id="maintenance-banner")
+        maintenance_timer = gr.Timer(MAINTENANCE_POLL_S, active=parts.maintenance is not None)
         model_status = gr.Markdown(elem_id="model-status")
         status_timer = gr.Timer(1.0)
 
@@ -363,6 +385,8 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 info=i18n("info.embed_metadata"),
                 elem_id="embed-metadata",
             )
+        # ---- ops: the operator's support line, at the foot of the page (filled by show_operator_notes) ----
+        contact_line = gr.Markdown(visible=False, elem_id="contact", elem_classes="glm-note")
 
         request_inputs = [
             prompt,
@@ -399,6 +423,10 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             notice += " " + translator.t("privacy.log_on" if settings.log_prompts else "privacy.log_off", lang)
             if parts.enhancer is not None:
                 notice += " " + translator.t("privacy.enhancer", lang)
+            if settings.auth_file:  # ops: Gradio's login cookie, the one cookie such a server sets
+                notice += " " + translator.t("privacy.login", lang)
+            if settings.contact:  # ops: the support line in the privacy notice too
+                notice += "\n\n" + translator.t("privacy.contact", lang, contact=settings.contact)
             return text, gr.Timer(active=loader.state is ModelState.LOADING), notice
 
         status_outputs = [model_status, status_timer, privacy_notice]
@@ -408,6 +436,27 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
         status_timer.tick(
             show_status, None, status_outputs, api_visibility="private", concurrency_limit=None, show_progress="hidden"
         )
+
+        # ---- ops: maintenance banner and support line ---------------------------------------------------
+        def show_operator_notes(request: gr.Request) -> dict:
+            """The banner while the maintenance file exists (in the visitor's language), and the support line."""
+            lang = _lang(request)
+            notice = parts.maintenance.current() if parts.maintenance is not None else None
+            banner = (notice.text(lang) or translator.t("maintenance.default", lang)) if notice is not None else ""
+            contact = translator.t("footer.contact", lang, contact=settings.contact) if settings.contact else ""
+            return {
+                maintenance_banner: gr.update(value=banner, visible=bool(banner)),
+                contact_line: gr.update(value=contact, visible=bool(contact)),
+            }
+
+        operator_notes = dict(
+            outputs=[maintenance_banner, contact_line],
+            api_visibility="private",
+            show_progress="hidden",
+            queue=False,  # answered at once, never taking a place in the generation queue
+        )
+        demo.load(show_operator_notes, None, **operator_notes)
+        maintenance_timer.tick(show_operator_notes, None, **operator_notes)
 
         # ---- generation ---------------------------------------------------------------------------------
         async def check(
@@ -444,7 +493,12 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             client = _client_of(request, settings)
             try:
                 service.admit(
-                    raw, client, request.session_hash or client, _jobs_of_client(demo, client, settings), session
+                    raw,
+                    client,
+                    request.session_hash or client,
+                    _jobs_of_client(demo, client, settings),
+                    session,
+                    lang=_lang(request),  # ops: a maintenance notice in the visitor's language
                 )
             except (InputError, Refused) as exc:
                 # One result per input: the message shows on the field at fault (the prompt for limits).
