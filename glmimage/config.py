@@ -115,8 +115,10 @@ class Settings:
         for flag, path in (("--ssl-certfile", self.ssl_certfile), ("--ssl-keyfile", self.ssl_keyfile)):
             if path is None:
                 continue
-            if not os.path.isfile(path):
+            if not os.path.exists(path):
                 raise ValueError(f"{flag} {path}: no such file")
+            if not os.path.isfile(path):
+                raise ValueError(f"{flag} {path}: not a file")
             try:
                 with open(path, "rb") as file:
                     file.read(1)

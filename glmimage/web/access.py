@@ -2,9 +2,10 @@
 
 Gradio asks for a login (``launch(auth=...)``: a login page, a ``POST /login`` that sets an http-only cookie)
 and refuses its page config, API info, queue, uploads and files without it. :class:`LoginGate` adds what it
-leaves out: failed logins are limited per client address (HTTP 429 once an address has used up its tries), and
-the few Gradio routes that answer without a login (heartbeat, cancel, reset, streams) answer 401 too, so without
-a login nothing but the login page itself and the operators' routes is reached.
+leaves out: failed logins are limited per client address (HTTP 429 once an address has used up its tries), the
+few Gradio routes that answer without a login (heartbeat, cancel, reset, streams) answer 401 too, and the login
+page loses the API description Gradio writes into it; without a login nothing but the login page itself and the
+operators' routes is reached.
 
 Passwords only pass through: Gradio reads the login form and calls :func:`make_auth_check`'s function; nothing
 here reads a request body or logs a user name that failed.
@@ -23,7 +24,7 @@ from starlette.requests import cookie_parser
 
 from ..auth import LoginThrottle, PasswordFile
 from ..ratelimit import client_ip
-from .gradio_adapter import logged_in_user
+from .gradio_adapter import logged_in_user, without_api_info
 
 log = logging.getLogger("glmimage.access")
 
@@ -93,7 +94,11 @@ class LoginGate:
         path = scope["path"]
         if path in LOGIN_PATHS and scope.get("method") == "POST":
             await self._login(scope, receive, send)
-        elif path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or self._user(scope) is not None:
+        elif self._user(scope) is not None:
+            await self.app(scope, receive, send)
+        elif path == "/" and scope.get("method") == "GET":
+            await self._login_page(scope, receive, send)
+        elif path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
@@ -124,6 +129,26 @@ class LoginGate:
         if status and status[0] == 400:  # Gradio's answer to wrong credentials
             self.throttle.failed(address)
             log.info("login failed")
+
+    async def _login_page(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gradio's login page, without the API description it would write into it."""
+        start: dict[str, Any] = {}
+        body: list[bytes] = []
+
+        async def collect(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+
+        await self.app(scope, receive, collect)
+        page = b"".join(body)
+        if start.get("status") == 200:
+            page = without_api_info(page)
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(page)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": page})
 
     def _address(self, scope: Scope) -> str:
         headers: dict[str, str] = {}

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,3 +38,18 @@ def logged_in_user(server_app: Any, cookies: Mapping[str, str]) -> str | None:
     cookie_id = server_app.cookie_id
     token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
     return server_app.tokens.get(token) if token else None
+
+
+# Gradio's page template writes the API description (endpoints, parameters, defaults) into the page, even into
+# the login page it serves before anyone has logged in.
+_API_INFO_SCRIPT = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
+_NO_API_INFO = b'window.gradio_api_info = {"named_endpoints":{},"unnamed_endpoints":{}};</script>'
+
+
+def without_api_info(page: bytes) -> bytes:
+    """Gradio's HTML page with an empty API description. Raises ValueError when the page has none to remove
+    (a Gradio whose template changed), rather than serve what it meant to hide."""
+    stripped, count = _API_INFO_SCRIPT.subn(_NO_API_INFO, page, count=1)
+    if count != 1:
+        raise ValueError("Gradio's page has no window.gradio_api_info script: check gradio_adapter.without_api_info")
+    return stripped

@@ -45,9 +45,11 @@ from .routes import metrics_route, not_ready_reasons, readyz_route  # noqa: E402
 log = logging.getLogger("glmimage")
 
 # After the drain time: how long running jobs get to reach their next step and stop (one step of the largest
-# image on a slow or offloaded GPU), and how long finished results get to reach their clients.
+# image on a slow or offloaded GPU). Then how long finished results get to reach their clients' streams, and how
+# long the server stays up after that so the clients can fetch the image files the results point to.
 STOP_GRACE_S = 30.0
 DELIVERY_GRACE_S = 3.0
+FETCH_GRACE_S = 2.0
 
 
 def load_examples(styles_ids: Sequence[str], path: Path = ASSETS_DIR / "examples.json") -> list[dict[str, Any]]:
@@ -270,26 +272,31 @@ def drain(app: App, timeout: float, signals: ShutdownSignals) -> None:
     with the "restarting" message. Returns once no generation is left and the results have gone out."""
     app.drain.begin()  # /readyz answers 503 from now on, and new generations are refused
     waiting, running = generation_jobs(app.demo)
-    log.info(
-        "shutting down: no new generations; %d running and %d queued may finish within %g s",
-        running,
-        waiting,
-        timeout,
-    )
-    first_signals = signals.count
-    if not _wait_until_idle(app, timeout, lambda: signals.count > max(1, first_signals)):
-        waiting, running = generation_jobs(app.demo)
-        log.warning(
-            "drain time spent: stopping %d running generation(s) at their next step, refusing %d queued",
+    had_work = bool(waiting + running or undelivered_results(app.demo))
+    if waiting + running:
+        log.info(
+            "shutting down: no new generations; %d running and %d queued may finish within %g s",
             running,
             waiting,
+            timeout,
         )
-        app.drain.stop_jobs()
-        if not _wait_until_idle(app, STOP_GRACE_S, lambda: False):
-            log.warning("generations did not stop within %g s; closing anyway", STOP_GRACE_S)
-    deadline = time.monotonic() + DELIVERY_GRACE_S
-    while undelivered_results(app.demo) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        first_signals = signals.count
+        if not _wait_until_idle(app, timeout, lambda: signals.count > max(1, first_signals)):
+            waiting, running = generation_jobs(app.demo)
+            log.warning(
+                "drain time spent: stopping %d running generation(s) at their next step, refusing %d queued",
+                running,
+                waiting,
+            )
+            app.drain.stop_jobs()
+            if not _wait_until_idle(app, STOP_GRACE_S, lambda: False):
+                log.warning("generations did not stop within %g s; closing anyway", STOP_GRACE_S)
+    if had_work:
+        deadline = time.monotonic() + DELIVERY_GRACE_S
+        while undelivered_results(app.demo) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(FETCH_GRACE_S)
+        log.info("all generations ended")
 
 
 def _wait_until_idle(app: App, timeout: float, cut_short: Callable[[], bool]) -> bool:
