@@ -54,7 +54,7 @@ def test_metrics_count_generations_refusals_and_images_without_any_prompt_sessio
     assert value(samples, "glmimage_model_state", state="ready") == 1
     assert value(samples, "glmimage_model_state", state="loading") == 0
     assert value(samples, "glmimage_maintenance") == 0 and value(samples, "glmimage_draining") == 0
-    # No GPU here: no GPU memory gauges (tests/gpu_check_metrics.py checks them on a CUDA machine).
+    # No GPU here: no GPU memory gauges (tests/test_metrics_gpu.py checks them on a CUDA machine).
     assert not any(name.startswith("glmimage_gpu_") for name, _ in samples)
 
     for private in (CANARY, "metrics-canary", "紫色", *session_hashes, "127.0.0.1"):
