@@ -145,16 +145,21 @@ class LoginThrottle:
 
     def failed(self, address: str) -> None:
         with self._lock:
-            self._recent(address).append(self._clock())
+            failures = self._recent(address)
+            failures.append(self._clock())
+            self._failures[address] = failures
             self._failures.move_to_end(address)
             while len(self._failures) > self._max_keys:
                 self._failures.popitem(last=False)
 
     def _recent(self, address: str) -> deque[float]:
-        failures = self._failures.setdefault(address, deque())
+        """The address's failures within the window; an address with none is not kept."""
+        failures = self._failures.get(address, deque())
         now = self._clock()
         while failures and failures[0] + self.window_s <= now:
             failures.popleft()
+        if not failures:
+            self._failures.pop(address, None)
         return failures
 
 
