@@ -108,6 +108,7 @@ def test_sigterm_lets_the_running_and_the_queued_job_finish_refuses_new_ones_and
     wait_for(lambda: app.gauge("glmimage_queue_length") == 1, 60, "the second job did not queue", app)
 
     app.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     wait_for(lambda: httpx.get(app.url + "readyz", timeout=5).status_code == 503, 30, "/readyz stayed 200", app)
     assert httpx.get(app.url + "readyz", timeout=5).json()["reasons"][0] == "shutting_down"
     with pytest.raises(ValidationError, match="The server is restarting"):
@@ -119,6 +120,7 @@ def test_sigterm_lets_the_running_and_the_queued_job_finish_refuses_new_ones_and
         assert seed == request_kwargs()["seed"]
         client.close()
     assert app.process.wait(timeout=EXIT_TIMEOUT_S) == 0, app.log[-3000:]
+    print(f"SIGTERM to exit with 1 running and 1 queued job: {time.monotonic() - signalled:.1f} s")
     assert files_under(app.gradio_tmp) == []
     assert "1 running and 1 queued may finish" in app.log and "drain time spent" not in app.log
 
@@ -131,10 +133,12 @@ def test_a_job_longer_than_the_drain_time_is_stopped_and_the_process_still_exits
     )
     wait_for(lambda: app.gauge("glmimage_busy_workers") == 1, 60, "the long job did not start", app)
     app.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     with pytest.raises(AppError, match="The server is restarting"):
         job.result(timeout=EXIT_TIMEOUT_S)
     client.close()
     assert app.process.wait(timeout=EXIT_TIMEOUT_S) == 0, app.log[-3000:]
+    print(f"SIGTERM to exit with a job longer than --drain-timeout 1: {time.monotonic() - signalled:.1f} s")
     assert "drain time spent: stopping 1 running generation(s) at their next step" in app.log
     assert "generated 1 image" not in app.log  # it was stopped, not finished
     assert files_under(app.gradio_tmp) == []

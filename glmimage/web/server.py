@@ -263,6 +263,7 @@ def launch(
             log.info("stopping")
             demo.close(verbose=False)
             sweeper.close()  # nothing generated outlives the server, even if the lifespan did not finish
+            log.info("stopped; generated files deleted")
     return app
 
 
