@@ -2,7 +2,11 @@
 
 import sys
 
-from glmimage.web.server import main
+from glmimage import zerogpu
+
+zerogpu.import_spaces()  # on Hugging Face ZeroGPU only: `spaces` must come before anything starts CUDA
+
+from glmimage.web.server import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -16,6 +17,17 @@ from .ratelimit import RateLimit, parse_trusted_proxies
 
 DTYPES = ("auto", "bfloat16", "float32")
 ENV_PREFIX = "GLMIMAGE_"
+# Settings whose default is None and whose value, when given, is text.
+_OPTIONAL_TEXT = (
+    "model",
+    "cache_dir",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_keyfile_password",
+    "auth_file",
+    "maintenance_file",
+)
+MAX_CONTACT_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,15 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7860
     cache_dir: str | None = None
+    # Operators (issue 13): TLS, private access, maintenance, graceful restarts, metrics, a support line.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: str | None = field(default=None, repr=False)  # never printed
+    auth_file: str | None = None
+    maintenance_file: str | None = None
+    drain_timeout: float = 30.0
+    metrics: bool = True
+    contact: str = ""
     trusted_proxy_list: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +89,58 @@ class Settings:
         RateLimit.parse(self.rate_limit)
         object.__setattr__(self, "trusted_proxy_list", parse_trusted_proxies(self.trusted_proxies))
         self.fast_paths  # noqa: B018 - validates the fast-path options now, not at load time
+        if not 0 <= self.drain_timeout <= 3600:
+            raise ValueError(f"--drain-timeout must be from 0 to 3600 seconds (got {self.drain_timeout:g})")
+        if len(self.contact) > MAX_CONTACT_CHARS:
+            raise ValueError(f"--contact is too long: {len(self.contact)} characters, at most {MAX_CONTACT_CHARS}")
+        self._check_tls()
+        if self.auth_file is not None:
+            from .auth import PasswordFile
+
+            PasswordFile(self.auth_file).check_at_start()
+        if self.maintenance_file is not None and not os.path.isdir(
+            os.path.dirname(os.path.abspath(self.maintenance_file))
+        ):
+            raise ValueError(
+                f"--maintenance-file {self.maintenance_file}: its folder does not exist, so the file could never "
+                "be created there"
+            )
+
+    def _check_tls(self) -> None:
+        """Load the certificate and key the way the server will, so a wrong path, an unreadable file, a wrong
+        password or a key that does not match fail at start with a message, not as a server that never answers."""
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("--ssl-keyfile needs --ssl-certfile too")
+        if self.ssl_keyfile_password and not self.ssl_keyfile:
+            raise ValueError("--ssl-keyfile-password needs --ssl-keyfile")
+        if not self.ssl_certfile:
+            return
+        for flag, path in (("--ssl-certfile", self.ssl_certfile), ("--ssl-keyfile", self.ssl_keyfile)):
+            if path is None:
+                continue
+            if not os.path.exists(path):
+                raise ValueError(f"{flag} {path}: no such file")
+            if not os.path.isfile(path):
+                raise ValueError(f"{flag} {path}: not a file")
+            try:
+                with open(path, "rb") as file:
+                    file.read(1)
+            except OSError as exc:
+                raise ValueError(f"{flag} {path}: cannot be read ({exc.strerror})") from None
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+                self.ssl_certfile, self.ssl_keyfile, self.ssl_keyfile_password
+            )
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"--ssl-certfile {self.ssl_certfile} / --ssl-keyfile {self.ssl_keyfile}: the certificate and key "
+                f"could not be loaded ({exc.reason or exc}): check that both are PEM files, that the key matches the "
+                "certificate, and the key's password (--ssl-keyfile-password)"
+            ) from None
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ssl_certfile)
 
     @property
     def fast_paths(self) -> FastPaths:
@@ -105,7 +178,7 @@ def _env_defaults(environ: Mapping[str, str]) -> dict[str, object]:
         raw = environ.get(ENV_PREFIX + f.name.upper())
         if raw is None:
             continue
-        kind = type(getattr(Settings(), f.name)) if f.name not in ("model", "cache_dir") else str
+        kind = type(getattr(Settings(), f.name)) if f.name not in _OPTIONAL_TEXT else str
         try:
             values[f.name] = _bool(raw) if kind is bool else kind(raw)
         except ValueError as exc:
@@ -179,6 +252,31 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="write prompt text to the server log (default off)",
     )
+    operators = p.add_argument_group("operators")
+    operators.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (chain)")
+    operators.add_argument("--ssl-keyfile", help="the PEM private key of --ssl-certfile")
+    operators.add_argument(
+        "--ssl-keyfile-password",
+        help="password of an encrypted --ssl-keyfile (better: GLMIMAGE_SSL_KEYFILE_PASSWORD, which ps does not show)",
+    )
+    operators.add_argument(
+        "--auth-file",
+        help="ask for a login: htpasswd-style file of user:bcrypt-hash lines (htpasswd -B, or "
+        "python -m glmimage.auth add USER --file PATH). Default: no login",
+    )
+    operators.add_argument(
+        "--maintenance-file",
+        help="while this file exists, its text is shown as a banner and new generations are refused",
+    )
+    operators.add_argument(
+        "--drain-timeout",
+        type=float,
+        help="seconds that running and queued jobs may take to finish on SIGTERM/Ctrl-C (default 30)",
+    )
+    operators.add_argument(
+        "--metrics", action=argparse.BooleanOptionalAction, help="Prometheus metrics at /metrics (default on)"
+    )
+    operators.add_argument("--contact", help="support line (Markdown, e.g. an e-mail link) shown on the page")
     return p
 
 

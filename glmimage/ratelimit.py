@@ -157,3 +157,17 @@ def parse_trusted_proxies(text: str) -> list[str]:
                 f"Trusted proxy {entry!r} is not an IP address or CIDR network (e.g. '10.0.0.0/8', '127.0.0.1', '::1')"
             ) from None
     return entries
+
+
+def canonical_address(host: str | None) -> str:
+    """A client address written one way (IPv4-mapped IPv6 as IPv4), so one visitor cannot get several limit keys
+    by spelling an address differently; "unknown" when there is none."""
+    if host is None:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)

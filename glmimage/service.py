@@ -13,11 +13,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .config import Settings
 from .engine.base import Engine, GenerationResult, StepCallback, StopCheck
-from .errors import EngineError, InputError, Refused
+from .errors import AppError, EngineError, InputError, Refused
+from .maintenance import Drain, MaintenanceFile
 from .ratelimit import VisitorLimiter
 from .requests import GenerationRequest, check_prompt_tokens, validate_prompt_text, validate_request
 from .sessions import HistoryEntry, Session, a1111_parameters, save_png
@@ -50,8 +51,42 @@ def round_timings(**values: float) -> dict[str, float]:
     return {name: round(value, 4) for name, value in values.items()}
 
 
+class Observer(Protocol):
+    """Where the service reports how requests end (the metrics); it must never hold prompts or visitors' ids."""
+
+    def refused(self, reason: str) -> None: ...
+
+    def started(self, queue_s: float) -> None: ...
+
+    def ended(
+        self, outcome: str, reason: str = "", model_s: float = 0.0, per_step_s: float = 0.0, images: int = 0
+    ) -> None: ...
+
+
+def reason_of(exc: AppError) -> str:
+    """A short, fixed word for a metric label: every input error is "invalid_input", a model that could not load
+    "model_unavailable", the rest their message key without its prefix (rate_limited, oom, ...)."""
+    if isinstance(exc, InputError):
+        return "invalid_input"
+    if exc.key.startswith("load."):
+        return "model_unavailable"
+    if exc.key in ("error.maintenance", "maintenance.default"):
+        return "maintenance"
+    return exc.key.split(".", 1)[-1]
+
+
 class GenerationService:
-    def __init__(self, settings: Settings, engine: Engine, styles: StyleBook, model_name: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        styles: StyleBook,
+        model_name: Callable[[], str],
+        *,
+        observer: Observer | None = None,
+        maintenance: MaintenanceFile | None = None,
+        drain: Drain | None = None,
+    ) -> None:
         """``model_name`` is asked at each run: the model is chosen while the page is already up."""
         self.settings = settings
         self.engine = engine
@@ -60,6 +95,9 @@ class GenerationService:
         self.limiter = VisitorLimiter(settings.parsed_rate_limit)
         # The prompt enhancer calls an outside service: an allowance of its own, of the same size.
         self.enhancer_limiter = VisitorLimiter(settings.parsed_rate_limit)
+        self.observer = observer
+        self.maintenance = maintenance
+        self.drain = drain or Drain()
 
     def admit(
         self,
@@ -68,9 +106,13 @@ class GenerationService:
         session_key: str,
         jobs_for_client: int,
         session: Session | None = None,
+        lang: str = "en",
     ) -> GenerationRequest:
-        """Validate and apply the limits; raises InputError or Refused. Cheap: it runs before the queue."""
+        """Validate and apply the limits; raises InputError or Refused. Cheap: it runs before the queue.
+
+        ``lang`` picks the language of a maintenance notice, which comes from the operator's file as it is."""
         try:
+            self.check_open(lang)
             request = self.validated(raw)
             # The token limit too, before queuing, once the tokenizer is loaded (the engine checks it again).
             final = self.styles.apply(request.style, request.prompt, request.negative_prompt)
@@ -82,6 +124,8 @@ class GenerationService:
             log.info("refused request: %s", exc.key)
             if session is not None:
                 session.record("refused", reason=exc.key, **self._loggable(raw))
+            if self.observer is not None:
+                self.observer.refused(reason_of(exc))
             raise
         return request
 
@@ -100,6 +144,15 @@ class GenerationService:
         retry_after = limiter.hit(f"ip:{client}", f"session:{session_key}")
         if retry_after > 0:
             raise Refused("error.rate_limited", seconds=max(1, round(retry_after + 0.5)), limit=str(limiter.limit))
+
+    def check_open(self, lang: str = "en") -> None:
+        """Refuse new work while the server shuts down or the maintenance file exists (its text is the message)."""
+        if self.drain.draining:
+            raise Refused("error.restarting")
+        notice = self.maintenance.current() if self.maintenance is not None else None
+        if notice is not None:
+            text = notice.text(lang)
+            raise Refused("error.maintenance", notice=text) if text else Refused("maintenance.default")
 
     def validated(self, raw: Mapping[str, Any]) -> GenerationRequest:
         return validate_request(self.styles, **{name: raw.get(name) for name in API_FIELDS})
@@ -123,29 +176,58 @@ class GenerationService:
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> Outcome:
-        """Generate, save and record; the session's history changes only when everything succeeded."""
+        """Generate, save and record; the session's history changes only when everything succeeded.
+
+        Once a shutdown's drain time is spent, a job that had not started is refused and a running one stops at
+        its next step; both end with the "restarting" message."""
+        if self.drain.stopping:
+            session.record("refused", reason="error.restarting", queue_s=round(queue_s, 4), **request.to_dict())
+            if self.observer is not None:
+                self.observer.refused("restarting")
+            raise EngineError("error.restarting")
         started = time.perf_counter()
         self._log_start(request)
+        if self.observer is not None:
+            self.observer.started(queue_s)
+        ending: tuple[str, str] = ("failed", "generation_failed")  # what the observer hears if nothing else is known
+
+        def stop_now() -> bool:
+            return self.drain.stopping or (should_stop is not None and should_stop())
+
         try:
-            result = self.engine.submit(request, on_step, should_stop).result()
-            save_started = time.perf_counter()
-            files = self._save(result, session)
-        except EngineError as exc:
-            session.record(
-                "failed" if exc.key != "status.stopped" else "stopped",
-                reason=exc.key,
-                queue_s=round(queue_s, 4),
-                **request.to_dict(),
-            )
-            log.info("generation ended: %s after %.2f s", exc.key, time.perf_counter() - started)
-            raise
-        except InputError as exc:  # too many tokens, found once the tokenizer ran: worded like any bad input
-            session.record("refused", reason=exc.key, **request.to_dict())
-            raise
-        except Exception:  # noqa: BLE001 - a bug or a full disk: a clear message, the traceback only in the log
-            log.exception("generation failed outside the pipeline after %.2f s", time.perf_counter() - started)
-            session.record("failed", reason="error.generation_failed", queue_s=round(queue_s, 4), **request.to_dict())
-            raise EngineError("error.generation_failed") from None
+            try:
+                result = self.engine.submit(request, on_step, stop_now).result()
+                save_started = time.perf_counter()
+                files = self._save(result, session)
+            except EngineError as exc:
+                stopped = exc.key == "status.stopped"
+                session.record(
+                    "stopped" if stopped else "failed", reason=exc.key, queue_s=round(queue_s, 4), **request.to_dict()
+                )
+                log.info("generation ended: %s after %.2f s", exc.key, time.perf_counter() - started)
+                if stopped and self.drain.stopping:
+                    ending = ("stopped", "shutdown")
+                    raise EngineError("error.restarting") from None
+                ending = ("stopped", "visitor") if stopped else ("failed", reason_of(exc))
+                raise
+            except InputError as exc:  # too many tokens, found once the tokenizer ran: worded like any bad input
+                session.record("refused", reason=exc.key, **request.to_dict())
+                ending = ("refused", reason_of(exc))
+                raise
+            except Exception:  # noqa: BLE001 - a bug or a full disk: a clear message, the traceback only in the log
+                log.exception("generation failed outside the pipeline after %.2f s", time.perf_counter() - started)
+                session.record(
+                    "failed", reason="error.generation_failed", queue_s=round(queue_s, 4), **request.to_dict()
+                )
+                raise EngineError("error.generation_failed") from None
+            ending = ("done", "")
+        finally:
+            if self.observer is not None:
+                if ending[0] == "done":
+                    t = result.timings
+                    self.observer.ended("done", "", t.model_s, t.per_step_s, len(files))
+                else:
+                    self.observer.ended(*ending)
         save_s = time.perf_counter() - save_started
         t = result.timings
         timings = round_timings(

@@ -10,8 +10,9 @@ from glmimage.config import Settings
 from glmimage.i18n import load_translations
 
 I18N_PREFIX = "__i18n__"
-# Components whose text the server fills in the visitor's language (status, privacy notice).
-SERVER_TRANSLATED = {"model-status", "privacy-notice"}
+# Components whose text the server fills in the visitor's language (status, privacy notice, and the operator's
+# maintenance banner and support line).
+SERVER_TRANSLATED = {"model-status", "privacy-notice", "maintenance-banner", "contact"}
 
 
 def _key(value: object) -> str | None:

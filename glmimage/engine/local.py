@@ -8,6 +8,7 @@ asked, and turns every failure into an :class:`EngineError` whose key the UI wor
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import copy
 import gc
 import logging
@@ -20,6 +21,7 @@ from ..models.accel import bucketed_prompt_embeds, token_count
 from ..models.loading import ModelState, PipelineLoader
 from ..requests import GenerationRequest, check_prompt_tokens
 from ..styles import StyleBook, StyledPrompt
+from ..zerogpu import on_zero_gpu
 from .base import GenerationResult, GenerationStopped, StepCallback, StopCheck, Timings, is_out_of_memory, pick_seed
 
 log = logging.getLogger("glmimage.engine")
@@ -36,11 +38,15 @@ class LocalEngine:
         self.workers = workers
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="glmimage-gpu")
         self._local = threading.local()
+        # On Hugging Face ZeroGPU the pipeline call asks for a GPU for a time that fits the job; elsewhere as is.
+        self._generate = on_zero_gpu(self.generate)
 
     def submit(
         self, request: GenerationRequest, on_step: StepCallback | None = None, should_stop: StopCheck | None = None
     ) -> concurrent.futures.Future[GenerationResult]:
-        return self._executor.submit(self.generate, request, on_step, should_stop)
+        # In the caller's context (Gradio's request context, which spaces.GPU reads on ZeroGPU).
+        context = contextvars.copy_context()
+        return self._executor.submit(context.run, self._generate, request, on_step, should_stop)
 
     def count_tokens(self, text: str) -> int | None:
         """Token count of ``text`` as the pipeline reads it, or None while the model is not loaded."""

@@ -11,11 +11,14 @@ against the new Gradio, then move the pin.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import gradio as gr
+# Imported where used: the server module (and so `app.py --help`) loads this before anything needs Gradio.
+if TYPE_CHECKING:
+    import gradio as gr
 
 GRADIO_VERSION = "6.31.0"
 """The Gradio version these functions were checked against (``requirements.txt`` pins the same)."""
@@ -122,4 +125,52 @@ def request_mark(request: gr.Request, name: str) -> Any:
 
 def upload_folder() -> Path:
     """Gradio's temporary folder (``GRADIO_TEMP_DIR``): files under it are served without a copy."""
+    import gradio as gr
+
     return Path(gr.utils.get_upload_folder())
+
+
+# ---- shutdown drain and login (gradio/queueing.py, gradio/routes.py, gradio/templates) ---------------------------
+
+
+def generation_jobs(demo: gr.Blocks, api_name: str = "generate") -> tuple[int, int]:
+    """(waiting, running): the ``api_name`` jobs in Gradio's queue and those it is running now."""
+    waiting = sum(
+        1
+        for group in list(demo._queue.event_queue_per_concurrency_id.values())
+        for event in list(group.queue)
+        if event_api_name(event) == api_name
+    )
+    running = sum(1 for event in running_events(demo) if event_api_name(event) == api_name)
+    return waiting, running
+
+
+def undelivered_results(demo: gr.Blocks) -> int:
+    """Events whose last message ("process completed") has not yet been sent down a client's stream.
+
+    A finished job leaves Gradio's queue before its result reaches the client; a server that closes at that
+    moment sends "Server stopped unexpectedly" instead of the images."""
+    return sum(len(ids) for ids in list(demo._queue.pending_event_ids_session.values()))
+
+
+def logged_in_user(server_app: Any, cookies: Mapping[str, str]) -> str | None:
+    """The user whose login cookie this is (Gradio's ``/login`` sets it), or None: the check Gradio's own
+    ``login_check`` makes, for the routes Gradio leaves open (heartbeat, cancel, ...)."""
+    cookie_id = server_app.cookie_id
+    token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
+    return server_app.tokens.get(token) if token else None
+
+
+# Gradio's page template writes the API description (endpoints, parameters, defaults) into the page, even into
+# the login page it serves before anyone has logged in.
+_API_INFO_SCRIPT = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
+_NO_API_INFO = b'window.gradio_api_info = {"named_endpoints":{},"unnamed_endpoints":{}};</script>'
+
+
+def without_api_info(page: bytes) -> bytes:
+    """Gradio's HTML page with an empty API description. Raises ValueError when the page has none to remove
+    (a Gradio whose template changed), rather than serve what it meant to hide."""
+    stripped, count = _API_INFO_SCRIPT.subn(_NO_API_INFO, page, count=1)
+    if count != 1:
+        raise ValueError("Gradio's page has no window.gradio_api_info script: check gradio_adapter.without_api_info")
+    return stripped

@@ -11,7 +11,6 @@ Messages are made here, in the visitor's language (from Accept-Language): Gradio
 from __future__ import annotations
 
 import contextvars
-import ipaddress
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,7 +24,9 @@ from ..config import Settings
 from ..enhancer import PromptEnhancer
 from ..errors import AppError, EngineError, InputError
 from ..i18n import Translator, language_of
+from ..maintenance import MaintenanceFile
 from ..models.loading import ModelState, PipelineLoader
+from ..ratelimit import canonical_address
 from ..service import API_FIELDS, GenerationService
 from ..sessions import Session
 from ..sizes import SizePreset, largest_legal_side, size_problem
@@ -53,6 +54,7 @@ class Context:
     presets: list[SizePreset]
     files_root: str
     enhancer: PromptEnhancer | None = None
+    maintenance: MaintenanceFile | None = None
 
 
 # ---- the visitor: language, address, messages ------------------------------------------------------------------
@@ -68,18 +70,6 @@ def client_address(request: Any) -> str:
     several keys by spelling an address differently."""
     client = request.client
     return canonical_address(client.host if client is not None else None)
-
-
-def canonical_address(host: str | None) -> str:
-    if host is None:
-        return "unknown"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
 
 
 def message(translator: Translator, error: AppError, lang: str) -> str:
@@ -130,11 +120,27 @@ def show_status(ctx: Context, request: gr.Request) -> dict[Any, Any]:
     notice += " " + t("privacy.log_on" if settings.log_prompts else "privacy.log_off", lang)
     if ctx.enhancer is not None:
         notice += " " + t("privacy.enhancer", lang)
+    if settings.auth_file:  # Gradio's login cookie, the one cookie such a server sets
+        notice += " " + t("privacy.login", lang)
+    if settings.contact:  # the support line in the privacy notice too
+        notice += "\n\n" + t("privacy.contact", lang, contact=settings.contact)
     page = ctx.page
     return {
         page.model_status: text,
         page.status_timer: gr.Timer(active=loader.state is ModelState.LOADING),
         page.privacy_notice: notice,
+    }
+
+
+def show_operator_notes(ctx: Context, request: gr.Request) -> dict[Any, Any]:
+    """The banner while the maintenance file exists (in the visitor's language), and the support line."""
+    lang, t, settings = language(request), ctx.translator.t, ctx.settings
+    notice = ctx.maintenance.current() if ctx.maintenance is not None else None
+    banner = (notice.text(lang) or t("maintenance.default", lang)) if notice is not None else ""
+    contact = t("footer.contact", lang, contact=settings.contact) if settings.contact else ""
+    return {
+        ctx.page.maintenance_banner: gr.update(value=banner, visible=bool(banner)),
+        ctx.page.contact_line: gr.update(value=contact, visible=bool(contact)),
     }
 
 

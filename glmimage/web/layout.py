@@ -28,7 +28,12 @@ CSS = """
 /* Whole images in the result: Gradio's square cells are wider than the box is tall, which cut images off. */
 #result .grid-container { height: 100%; box-sizing: border-box; }
 #result .thumbnail-item { aspect-ratio: auto; }
+/* The maintenance banner stands out from the page. */
+#maintenance-banner { border: 1px solid var(--color-accent); border-radius: var(--radius-lg);
+  background: var(--color-accent-soft); padding: var(--spacing-md) var(--spacing-lg); }
 """
+# How often an open page looks for the maintenance file's banner (only with --maintenance-file).
+MAINTENANCE_POLL_S = 5.0
 
 
 @dataclass
@@ -36,6 +41,8 @@ class Page:
     """Every component an event reads or updates, by name."""
 
     session: gr.State
+    maintenance_banner: gr.Markdown
+    maintenance_timer: gr.Timer
     model_status: gr.Markdown
     status_timer: gr.Timer
     # Generation controls, in /generate's parameter order (see request_inputs).
@@ -70,6 +77,7 @@ class Page:
     privacy_notice: gr.Markdown
     keep_history: gr.Checkbox
     embed_metadata: gr.Checkbox
+    contact_line: gr.Markdown
 
     @property
     def request_inputs(self) -> list[Any]:
@@ -124,12 +132,13 @@ def build_page(
     files_root: str,
     session_ttl: float,
     with_enhancer: bool,
+    with_maintenance: bool = False,
 ) -> Page:
     """Lay out the page inside the current ``gr.Blocks``."""
     # A plain default (not a callable, which Gradio would expose as a public load endpoint); Gradio gives
     # every visit its own deep copy.
     session = gr.State(value=Session(files_root), time_to_live=session_ttl, delete_callback=dispose_session)
-    parts: dict[str, Any] = {"session": session, **_header(i18n)}
+    parts: dict[str, Any] = {"session": session, **_header(i18n, with_maintenance)}
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             parts |= _prompt_and_buttons(i18n, with_enhancer)
@@ -141,13 +150,21 @@ def build_page(
     _examples(i18n, presets, examples, parts)
     parts |= _history_and_log(i18n)
     parts |= _privacy(i18n)
+    # The operator's support line (--contact), at the foot of the page; filled in by handlers.show_operator_notes.
+    parts["contact_line"] = gr.Markdown(visible=False, elem_id="contact", elem_classes="glm-note")
     return Page(**parts)
 
 
-def _header(i18n: gr.I18n) -> dict[str, Any]:
+def _header(i18n: gr.I18n, with_maintenance: bool) -> dict[str, Any]:
     gr.Markdown(i18n("app.header"), elem_id="header")
-    # Banners and notices for every visitor (maintenance, contact) go here, between the header and the status.
-    return {"model_status": gr.Markdown(elem_id="model-status"), "status_timer": gr.Timer(1.0)}
+    # Banners and notices for every visitor go here, between the header and the status. The maintenance banner is
+    # filled in by handlers.show_operator_notes, polled only while a --maintenance-file is set.
+    return {
+        "maintenance_banner": gr.Markdown(visible=False, elem_id="maintenance-banner"),
+        "maintenance_timer": gr.Timer(MAINTENANCE_POLL_S, active=with_maintenance),
+        "model_status": gr.Markdown(elem_id="model-status"),
+        "status_timer": gr.Timer(1.0),
+    }
 
 
 def _prompt_and_buttons(i18n: gr.I18n, with_enhancer: bool) -> dict[str, Any]:

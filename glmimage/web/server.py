@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import ipaddress
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -20,20 +22,35 @@ from typing import Any
 # Gradio's analytics contact the internet when Blocks() is created; off before gradio is imported.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from starlette.middleware import Middleware  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
+from .. import zerogpu  # noqa: E402
+from ..auth import LoginThrottle, PasswordFile  # noqa: E402
 from ..config import Settings, load_settings  # noqa: E402
 from ..engine import Engine, LocalEngine  # noqa: E402
 from ..enhancer import EnhancerConfig, PromptEnhancer  # noqa: E402
 from ..i18n import load_translations  # noqa: E402
-from ..models.loading import PipelineLoader  # noqa: E402
+from ..maintenance import Drain, MaintenanceFile  # noqa: E402
+from ..metrics import LiveValues, Metrics  # noqa: E402
+from ..models.loading import ModelState, PipelineLoader  # noqa: E402
 from ..sessions import FileSweeper  # noqa: E402
 from ..sizes import ASSETS_DIR, load_size_presets  # noqa: E402
 from ..styles import StyleBook, load_styles  # noqa: E402
+from .access import LoginGate, make_auth_check  # noqa: E402
+from .gradio_adapter import generation_jobs, undelivered_results  # noqa: E402
+from .routes import metrics_route, not_ready_reasons, readyz_route  # noqa: E402
 
 log = logging.getLogger("glmimage")
+
+# After the drain time: how long running jobs get to reach their next step and stop (one step of the largest
+# image on a slow or offloaded GPU). Then how long finished results get to reach their clients' streams, and how
+# long the server stays up after that so the clients can fetch the image files the results point to.
+STOP_GRACE_S = 30.0
+DELIVERY_GRACE_S = 3.0
+FETCH_GRACE_S = 2.0
 
 
 def load_examples(styles_ids: Sequence[str], path: Path = ASSETS_DIR / "examples.json") -> list[dict[str, Any]]:
@@ -54,6 +71,9 @@ class App:
     files_root: Path
     engine: Any  # glmimage.engine.Engine
     context: Any  # glmimage.web.handlers.Context: the page's components and what its handlers use
+    drain: Drain = dataclasses.field(default_factory=Drain)
+    maintenance: MaintenanceFile | None = None
+    metrics: Metrics | None = None
 
 
 EngineFactory = Callable[[PipelineLoader, StyleBook, int], Engine]
@@ -76,6 +96,20 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
         settings.model, settings.dtype, settings.fast_paths, warmup=settings.warmup, cache_dir=settings.cache_dir
     ).start()
     engine = engine_factory(loader, styles, settings.concurrency)
+    drain = Drain()
+    maintenance = MaintenanceFile(settings.maintenance_file) if settings.maintenance_file else None
+    metrics = None
+    if settings.metrics:
+        # Read at each scrape; ``demo`` is assigned below, before the server can answer a scrape.
+        metrics = Metrics(
+            LiveValues(
+                queue_length=lambda: generation_jobs(demo)[0],
+                model_state=lambda: loader.state.value,
+                model_states=[state.value for state in ModelState],
+                maintenance=lambda: maintenance is not None and maintenance.current() is not None,
+                draining=lambda: drain.draining,
+            )
+        )
     parts = AppParts(
         settings=settings,
         loader=loader,
@@ -86,13 +120,16 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
         examples=examples,
         files_root=files_folder(),
         enhancer=PromptEnhancer(enhancer_config) if enhancer_config else None,
+        maintenance=maintenance,
+        drain=drain,
+        metrics=metrics,
     )
     i18n = make_i18n(translator, styles)
     context = build_demo(parts, i18n)
     demo = context.demo
     # api_open=False: otherwise POST /gradio_api/run/<name> skips the queue and its concurrency limit.
     demo.queue(default_concurrency_limit=1, max_size=settings.max_queue, api_open=False)
-    return App(demo, loader, i18n, parts.files_root, engine, context)
+    return App(demo, loader, i18n, parts.files_root, engine, context, drain, maintenance, metrics)
 
 
 def health_route(demo: Any, loader: PipelineLoader, started: float) -> Route:
@@ -124,8 +161,38 @@ async def _no_deep_link(_request: Request) -> JSONResponse:
 NO_DEEP_LINKS = Route("/gradio_api/deep_link", _no_deep_link, methods=["GET"])
 
 
-def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFactory = LocalEngine) -> App:
-    """Build and start the server; with ``block=False`` it returns at once (tests, benchmarks)."""
+class ShutdownSignals:
+    """SIGTERM (docker stop, systemd, Kubernetes) and Ctrl-C, counted instead of raised as KeyboardInterrupt at
+    whatever line the main thread is on: the first starts a graceful drain, a second cuts the drain short."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._event = threading.Event()
+
+    def install(self) -> ShutdownSignals:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def _on_signal(self, _signum: int, _frame: Any) -> None:
+        self.count += 1
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+
+def launch(
+    settings: Settings,
+    *,
+    block: bool = True,
+    engine_factory: EngineFactory = LocalEngine,
+    signals: ShutdownSignals | None = None,
+) -> App:
+    """Build and start the server; with ``block=False`` it returns at once (tests, benchmarks).
+
+    Blocking, it runs until SIGTERM or Ctrl-C (``signals``, installed by :func:`main`; without them Ctrl-C
+    arrives as KeyboardInterrupt), then drains (:func:`drain`) and deletes its files."""
     started = time.monotonic()
     app = create_app(settings, engine_factory)
     demo, loader = app.demo, app.loader
@@ -144,6 +211,23 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
             reaper.cancel()
             sweeper.close()  # nothing generated outlives the server
 
+    routes = [
+        health_route(demo, loader, started),
+        NO_DEEP_LINKS,
+        readyz_route(lambda: not_ready_reasons(loader, app.maintenance, app.drain)),
+    ]
+    if app.metrics is not None:
+        routes.append(metrics_route(app.metrics))
+    middleware, auth = [], None
+    if settings.auth_file:
+        auth = make_auth_check(PasswordFile(settings.auth_file))
+        middleware.append(
+            Middleware(
+                LoginGate,
+                server_app=lambda: demo.server_app,
+                throttle=LoginThrottle(),
+            )
+        )
     # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so a forged header sent from this machine (or
     # through a local proxy not named) would pick the client address and dodge the rate limit: it must trust
     # exactly --trusted-proxies. Read when launch() builds uvicorn's config.
@@ -162,22 +246,79 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
         share=False,
         show_error=False,  # an unexpected exception's text (paths, internals) never reaches the page
         css=CSS,
-        app_kwargs={"routes": [health_route(demo, loader, started), NO_DEEP_LINKS], "lifespan": lifespan},
+        auth=auth,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+        ssl_keyfile_password=settings.ssl_keyfile_password,
+        # Only Gradio's own start-up call to this server: its certificate names the public host, not 127.0.0.1,
+        # and may be self-signed. Visitors' browsers verify as always.
+        ssl_verify=not settings.tls,
+        app_kwargs={"routes": routes, "lifespan": lifespan, "middleware": middleware},
         prevent_thread_lock=True,
         quiet=False,
     )
     if block:
         # Not Gradio's own wait: on Ctrl-C it only asks uvicorn to stop and gives up after 5 s while page
-        # connections stay open, so the lifespan's clean-up could die with the process. SIGTERM arrives here too.
+        # connections stay open, so the lifespan's clean-up could die with the process.
+        signals = signals or ShutdownSignals()
         try:
-            while demo.is_running:
-                time.sleep(0.1)
+            while demo.is_running and not signals.wait(0.1):
+                pass
+            drain(app, settings.drain_timeout, signals)
         except KeyboardInterrupt:
-            log.info("stopping")
+            drain(app, settings.drain_timeout, signals)
         finally:
+            log.info("stopping")
             demo.close(verbose=False)
             sweeper.close()  # nothing generated outlives the server, even if the lifespan did not finish
+            log.info("stopped; generated files deleted")
     return app
+
+
+def drain(app: App, timeout: float, signals: ShutdownSignals) -> None:
+    """Stop taking generations and let the running and queued ones finish, for up to ``timeout`` seconds (a
+    second signal ends the wait); then running jobs stop at their next step and queued ones are refused, both
+    with the "restarting" message. Returns once no generation is left and the results have gone out."""
+    app.drain.begin()  # /readyz answers 503 from now on, and new generations are refused
+    waiting, running = generation_jobs(app.demo)
+    had_work = bool(waiting + running or undelivered_results(app.demo))
+    if waiting + running:
+        log.info(
+            "shutting down: no new generations; %d running and %d queued may finish within %g s",
+            running,
+            waiting,
+            timeout,
+        )
+        first_signals = signals.count
+        if not _wait_until_idle(app, timeout, lambda: signals.count > max(1, first_signals)):
+            waiting, running = generation_jobs(app.demo)
+            log.warning(
+                "drain time spent: stopping %d running generation(s) at their next step, refusing %d queued",
+                running,
+                waiting,
+            )
+            app.drain.stop_jobs()
+            if not _wait_until_idle(app, STOP_GRACE_S, lambda: False):
+                log.warning("generations did not stop within %g s; closing anyway", STOP_GRACE_S)
+    if had_work:
+        deadline = time.monotonic() + DELIVERY_GRACE_S
+        while undelivered_results(app.demo) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(FETCH_GRACE_S)
+        log.info("all generations ended")
+
+
+def _wait_until_idle(app: App, timeout: float, cut_short: Callable[[], bool]) -> bool:
+    """True once no generation is queued or running; False when ``timeout`` passed or ``cut_short()`` said so."""
+    deadline = time.monotonic() + timeout
+    try:
+        while sum(generation_jobs(app.demo)):
+            if time.monotonic() >= deadline or cut_short():
+                return False
+            time.sleep(0.1)
+    except KeyboardInterrupt:  # a second Ctrl-C without ShutdownSignals installed
+        return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,10 +328,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"app.py: error: {exc}", file=sys.stderr)
         return 2
-    # docker stop / systemd send SIGTERM: shut down as on Ctrl-C, so the generated files are deleted.
-    signal.signal(signal.SIGTERM, _interrupt)
+    if zerogpu.active() and settings.warmup:
+        # On ZeroGPU the GPU exists only inside the wrapped generation call, so a warm-up at load would fail.
+        log.info("ZeroGPU: no warm-up generation at start-up")
+        settings = dataclasses.replace(settings, warmup=False)
+    # docker stop / systemd send SIGTERM: drain as on Ctrl-C, then delete the generated files.
+    signals = ShutdownSignals().install()
     keep_freed_memory()
-    launch(settings)
+    launch(settings, signals=signals)
     return 0
 
 
@@ -209,7 +354,3 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
     mallopt(m_mmap_threshold, 32 * 2**20)  # the largest glibc accepts; larger blocks are still mapped and unmapped
     mallopt(m_trim_threshold, 256 * 2**20)
-
-
-def _interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt

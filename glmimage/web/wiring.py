@@ -24,6 +24,8 @@ from ..engine import Engine
 from ..enhancer import PromptEnhancer
 from ..errors import InputError, Refused
 from ..i18n import Translator
+from ..maintenance import Drain, MaintenanceFile
+from ..metrics import Metrics
 from ..models.loading import PipelineLoader
 from ..service import API_FIELDS, GenerationService
 from ..sessions import Session, dispose_session
@@ -54,13 +56,25 @@ class AppParts:
     examples: list[dict[str, Any]]
     files_root: Path
     enhancer: PromptEnhancer | None = None
+    # The maintenance file, a shutdown under way, the metrics the service reports to (operators' parts).
+    maintenance: MaintenanceFile | None = None
+    drain: Drain | None = None
+    metrics: Metrics | None = None
 
 
 def build_demo(parts: AppParts, i18n: gr.I18n) -> Context:
     """Lay out the page and wire its events; the returned context holds the demo. ``i18n`` must also be passed
     to ``launch``."""
     settings = parts.settings
-    service = GenerationService(settings, parts.engine, parts.styles, lambda: parts.loader.model_name)
+    service = GenerationService(
+        settings,
+        parts.engine,
+        parts.styles,
+        lambda: parts.loader.model_name,
+        observer=parts.metrics,
+        maintenance=parts.maintenance,
+        drain=parts.drain,
+    )
     with gr.Blocks(
         title="GLM Image",
         analytics_enabled=False,
@@ -74,6 +88,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> Context:
             files_root=str(parts.files_root),
             session_ttl=settings.session_ttl,
             with_enhancer=parts.enhancer is not None,
+            with_maintenance=parts.maintenance is not None,
         )
         ctx = Context(
             page=page,
@@ -86,6 +101,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> Context:
             presets=parts.presets,
             files_root=str(parts.files_root),
             enhancer=parts.enhancer,
+            maintenance=parts.maintenance,
         )
         wire(ctx)
     return ctx
@@ -102,6 +118,10 @@ def wire(ctx: Context) -> None:
     status_outputs = [page.model_status, page.status_timer, page.privacy_notice]
     demo.load(bind(handlers.show_status, ctx), None, status_outputs, **QUIET)
     page.status_timer.tick(bind(handlers.show_status, ctx), None, status_outputs, **QUIET)
+    # Answered at once, never taking a place in the generation queue.
+    notes = [page.maintenance_banner, page.contact_line]
+    demo.load(bind(handlers.show_operator_notes, ctx), None, notes, queue=False, **QUIET)
+    page.maintenance_timer.tick(bind(handlers.show_operator_notes, ctx), None, notes, queue=False, **QUIET)
     _wire_generation(ctx)
     _wire_history_and_privacy(ctx)
     _wire_sizes_and_preview(ctx)
@@ -232,7 +252,8 @@ async def check_generation(
     client = handlers.client_address(request)
     try:
         jobs = handlers.jobs_of_client(ctx.demo, client)
-        ctx.service.admit(raw, client, request.session_hash or client, jobs, session)
+        lang = handlers.language(request)  # a maintenance notice comes in the visitor's language
+        ctx.service.admit(raw, client, request.session_hash or client, jobs, session, lang=lang)
     except (InputError, Refused) as exc:
         # One result per input: the message shows on the field at fault (the prompt for limits).
         field = handlers.field_at_fault(exc)
