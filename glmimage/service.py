@@ -2,7 +2,8 @@
 
 Admission (rate limits, per-visitor queue cap, input validation) runs before a job may queue; ``run`` then asks
 the engine, saves the images into the session's folder, and records the timings, the history entry and the log
-line. Every refusal or failure is an exception with a message key; the UI only translates and shows it.
+line. Every refusal or failure is an exception with a message key; the UI only translates and shows it. A
+session that ends while its job runs stops the job, and the job then saves nothing into it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from .config import Settings
 from .engine.base import Engine, GenerationResult, StepCallback, StopCheck
-from .errors import EngineError, InputError, Refused
+from .errors import EngineError, GenerationStopped, InputError, Refused
 from .ratelimit import SlidingWindowLimiter
 from .requests import GenerationRequest, check_prompt_tokens, validate_request
 from .sessions import HistoryEntry, Session, a1111_parameters, save_png
@@ -111,13 +112,25 @@ class GenerationService:
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> Outcome:
-        """Generate, save and record; the session's history changes only when everything succeeded."""
+        """Generate, save and record; the session's history changes only when everything succeeded.
+
+        The job also stops when the session ends (tab closed, New session, time-to-live); saving, recording and
+        the history entry happen under the session's lock, and not at all once it ended."""
         started = time.perf_counter()
         self._log_start(request)
+
+        def stop() -> bool:
+            return session.disposed or (should_stop is not None and should_stop())
+
         try:
-            result = self.engine.submit(request, on_step, should_stop).result()
-            save_started = time.perf_counter()
-            files = self._save(result, session)
+            result = self.engine.submit(request, on_step, stop).result()
+            with session.lock:
+                if session.disposed:  # ended during the last step: nothing of this job may stay
+                    steps = request.num_inference_steps
+                    raise GenerationStopped(steps, steps)
+                save_started = time.perf_counter()
+                files = self._save(result, session)
+                outcome = self._record(request, result, session, files, queue_s, started, save_started)
         except EngineError as exc:
             session.record(
                 "failed" if exc.key != "status.stopped" else "stopped",
@@ -134,6 +147,30 @@ class GenerationService:
             log.exception("generation failed outside the pipeline after %.2f s", time.perf_counter() - started)
             session.record("failed", reason="error.generation_failed", queue_s=round(queue_s, 4), **request.to_dict())
             raise EngineError("error.generation_failed") from None
+        t = result.timings
+        log.info(
+            "generated %d image(s) %dx%d, %d steps on %s: model %.2f s, total %.2f s",
+            len(outcome.files),
+            request.width,
+            request.height,
+            request.num_inference_steps,
+            result.worker,
+            t.model_s,
+            outcome.details["timings"]["total_s"],
+        )
+        return outcome
+
+    def _record(
+        self,
+        request: GenerationRequest,
+        result: GenerationResult,
+        session: Session,
+        files: list[str],
+        queue_s: float,
+        started: float,
+        save_started: float,
+    ) -> Outcome:
+        """The details, the session log line and the history entry of a finished job (under the session's lock)."""
         save_s = time.perf_counter() - save_started
         t = result.timings
         timings = round_timings(
@@ -150,6 +187,7 @@ class GenerationService:
             "final_prompt": result.final.prompt,
             "final_negative_prompt": result.final.negative_prompt,
             "model": self.model_name(),
+            "worker": result.worker,
             "timings": timings,
         }
         session.record("generated", **request.to_dict(), seed_used=result.seed, images=len(files), timings=timings)
@@ -166,15 +204,6 @@ class GenerationService:
         if session.keep_history:
             session.drop_expired(self.settings.file_ttl)
             session.add_history(entry)
-        log.info(
-            "generated %d image(s) %dx%d, %d steps: model %.2f s, total %.2f s",
-            len(files),
-            request.width,
-            request.height,
-            request.num_inference_steps,
-            t.model_s,
-            timings["total_s"],
-        )
         return Outcome(files=files, seed=result.seed, details=details)
 
     def _save(self, result: GenerationResult, session: Session) -> list[str]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import EngineError
+from ..errors import GenerationStopped
 from ..limits import MAX_SEED
 from ..requests import GenerationRequest
 from ..styles import StyledPrompt
@@ -20,12 +20,7 @@ from ..styles import StyledPrompt
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 StopCheck = Callable[[], bool]
 
-
-class GenerationStopped(EngineError):
-    """The visitor pressed Stop or went away: the job ended between two steps and freed the GPU."""
-
-    def __init__(self, steps_done: int, total: int) -> None:
-        super().__init__("status.stopped", step=steps_done, total=total)
+__all__ = ["Engine", "GenerationResult", "GenerationStopped", "StepCallback", "StopCheck", "Timings", "pick_seed"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +40,7 @@ class GenerationResult:
     final: StyledPrompt
     images: list[Any]  # PIL images
     timings: Timings
+    worker: str = ""  # where it ran, e.g. "cuda:1" or "cpu:0"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,9 +59,3 @@ class Engine(Protocol):
 def pick_seed(request: GenerationRequest) -> int:
     """The seed to use: the request's, or a fresh random one that is reported back so the image can be remade."""
     return secrets.randbelow(MAX_SEED + 1) if request.randomize_seed else request.seed
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()

@@ -1,8 +1,9 @@
 """The one place that loads the CogView4 pipeline: once, in the background, shared by every session.
 
-The page comes up at once; the model loads on its own thread and reports its state (loading / ready / failed
-with the reason). A generation asked for while loading waits. A failed load leaves the server up and says what
-to do.
+The page comes up at once; the model loads on its own thread and reports its state (loading / warming up /
+ready / failed with the reason). The weights are read from disk once, then every ``--devices`` entry (times
+``--concurrency``) gets a pipeline of its own: a :class:`Worker`. A generation asked for before the model is
+ready waits. A failed load leaves the server up and says what to do.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ModelNotReady
+from .. import limits
+from ..errors import EngineError, ModelNotReady
 from ..limits import DEFAULT_MODEL
-from .accel import FastPaths, prepare_pipeline
+from .accel import FastPaths, pipelines_for
+from .run import Job, run_pipeline
 from .tiny import TINY_MODEL_NAME, ensure_tiny_model
 
 log = logging.getLogger("glmimage.loading")
@@ -25,8 +29,48 @@ log = logging.getLogger("glmimage.loading")
 
 class ModelState(enum.StrEnum):
     LOADING = "loading"
+    WARMING = "warming"  # loaded; the warm-up generation (with --compile: the compilation) is running
     READY = "ready"
     FAILED = "failed"
+
+
+class DeviceUnavailable(ValueError):
+    """A ``--devices`` entry this machine does not have."""
+
+
+@dataclass
+class Worker:
+    """One pipeline of the pool: the device it runs on and the name results carry (``"worker"``)."""
+
+    name: str
+    device: Any  # torch.device
+    pipe: Any
+
+
+def worker_names(devices: Sequence[str]) -> list[str]:
+    """Distinct names for the pool's pipelines: a CUDA device listed once keeps its name ("cuda:1"), one listed
+    several times gets "#k" ("cuda:0#0", "cuda:0#1"); CPU pipelines are numbered in order ("cpu:0", "cpu:1")."""
+    names = []
+    cpu = 0
+    for index, device in enumerate(devices):
+        if device.startswith("cpu"):
+            names.append(f"cpu:{cpu}")
+            cpu += 1
+        elif devices.count(device) == 1:
+            names.append(device)
+        else:
+            names.append(f"{device}#{devices[:index].count(device)}")
+    return names
+
+
+def warmup_jobs(fast: FastPaths) -> list[Job]:
+    """The warm-up generations. With ``--compile``, the default request (1024², default guidance, so the
+    classifier-free-guidance step path, one image) and a batch of two: the two graphs every later request reuses,
+    so the first visitor pays no compilation. Without it, one small job on the same step path."""
+    if not fast.compile:
+        return [Job("warm-up", "", 512, 512, 1, 2, limits.DEFAULT_GUIDANCE, 0)]
+    default = Job("warm-up", "", limits.DEFAULT_WIDTH, limits.DEFAULT_HEIGHT, 1, 2, limits.DEFAULT_GUIDANCE, 0)
+    return [default, Job("warm-up", "", 512, 512, 2, 2, limits.DEFAULT_GUIDANCE, 0)]
 
 
 @dataclass(frozen=True)
@@ -55,6 +99,10 @@ def choose_dtype(requested: str, device_type: str) -> str:
 
 def failure_key(exc: BaseException, model: str) -> str:
     """Turn a loading error into a message key that says what to do."""
+    if isinstance(exc, DeviceUnavailable):
+        return "load.bad_device"
+    if isinstance(exc, EngineError) and exc.key == "error.oom":  # the warm-up ran out of memory
+        return "load.oom"
     text = f"{type(exc).__name__}: {exc}"
     if "OutOfMemory" in text or "out of memory" in text.lower():
         return "load.oom"
@@ -83,8 +131,23 @@ def failure_key(exc: BaseException, model: str) -> str:
     return "load.failed"
 
 
+def resolve_devices(entries: Sequence[str], concurrency: int) -> list[Any]:
+    """The pool's devices: each ``--devices`` entry (default: the first CUDA device, else the CPU), ``concurrency``
+    times, interleaved (cuda:0, cuda:1, cuda:0, cuda:1) so that jobs spread over the devices first."""
+    import torch
+
+    entries = list(entries) or ["cuda:0" if torch.cuda.is_available() else "cpu"]
+    for entry in entries:
+        if entry.startswith("cuda"):
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if torch.device(entry).index >= count:
+                raise DeviceUnavailable(f"--devices names {entry}, but this machine has {count} CUDA device(s)")
+    return [torch.device(entry) for _ in range(concurrency) for entry in entries]
+
+
 class PipelineLoader:
-    """Loads the pipeline once on a background thread; ``wait()`` hands the same object to every caller."""
+    """Loads the pipeline once on a background thread; ``wait()`` hands the same object to every caller and
+    ``pool()`` the workers (one pipeline per device entry)."""
 
     def __init__(
         self,
@@ -94,11 +157,18 @@ class PipelineLoader:
         *,
         warmup: bool = True,
         cache_dir: str | None = None,
+        devices: Sequence[str] = (),
+        concurrency: int = 1,
     ) -> None:
         self.requested_model = model
         self.requested_dtype = dtype
+        self.requested_devices = list(devices)
+        self.concurrency = concurrency
         # Known once the loading thread has imported torch (so the page does not wait for that import).
-        self.device: Any = None  # torch.device
+        self.device: Any = None  # torch.device of the first worker
+        self.devices: list[Any] = []
+        self.workers: list[Worker] = []
+        self.tokenizer: Any = None  # for counting tokens outside the workers
         self.choice: ModelChoice | None = None
         self.dtype_name: str | None = None
         self.fast = fast or FastPaths()
@@ -108,7 +178,6 @@ class PipelineLoader:
         self.error_key = ""
         self.error_detail = ""
         self.load_seconds: float | None = None
-        self._pipe: Any = None
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -119,13 +188,23 @@ class PipelineLoader:
             self._thread.start()
         return self
 
-    def wait(self, timeout: float | None = None) -> Any:
-        """The loaded pipeline; raises :class:`ModelNotReady` if loading failed or took longer than ``timeout``."""
+    @property
+    def worker_count(self) -> int:
+        """How many pipelines the pool will have, known before loading (the queue's concurrency limit)."""
+        return max(1, len(self.requested_devices)) * self.concurrency
+
+    def pool(self, timeout: float | None = None) -> list[Worker]:
+        """The workers, once loaded and warmed up; raises :class:`ModelNotReady` if loading failed or took longer
+        than ``timeout``."""
         if not self._done.wait(timeout):
             raise ModelNotReady("load.timeout")
         if self.state is ModelState.FAILED:
             raise ModelNotReady(self.error_key, detail=self.error_detail)
-        return self._pipe
+        return self.workers
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """The first worker's pipeline (see :meth:`pool`)."""
+        return self.pool(timeout)[0].pipe
 
     @property
     def model_name(self) -> str:
@@ -138,10 +217,10 @@ class PipelineLoader:
         import torch
 
         self._torch = torch
-        cuda = torch.cuda.is_available()
-        self.device = torch.device("cuda" if cuda else "cpu")
+        self.devices = resolve_devices(self.requested_devices, self.concurrency)
+        self.device = self.devices[0]
         self.dtype_name = choose_dtype(self.requested_dtype, self.device.type)
-        self.choice = choose_model(self.requested_model, cuda)
+        self.choice = choose_model(self.requested_model, self.device.type == "cuda")
         if self.choice.auto_tiny:
             log.warning(
                 "no CUDA GPU found: starting on the tiny test model (random weights, draws noise). "
@@ -153,12 +232,15 @@ class PipelineLoader:
         started = time.perf_counter()
         try:
             self._resolve()
-            self._pipe = self.load_pipeline()
+            self.workers = self.load_workers()
+            if self.warmup:
+                self.state = ModelState.WARMING
+                self.warm_up()
             self.load_seconds = time.perf_counter() - started
             log.info(
                 "model %s ready on %s (%s) in %.1f s",
                 self.choice.name,
-                self.device,
+                ", ".join(worker.name for worker in self.workers),
                 self.dtype_name,
                 self.load_seconds,
             )
@@ -171,25 +253,31 @@ class PipelineLoader:
         finally:
             self._done.set()
 
-    def load_pipeline(self) -> Any:
+    def load_workers(self) -> list[Worker]:
+        """Read the weights from disk once, then build one prepared pipeline per device entry."""
         from diffusers import CogView4Pipeline
 
         torch = self._torch
         path = str(ensure_tiny_model(self.cache_dir)) if self.choice.is_tiny else self.choice.name
-        log.info("loading model %s (%s) on %s", self.choice.name, self.dtype_name, self.device)
+        log.info("loading model %s (%s) for %s", self.choice.name, self.dtype_name, self.devices)
         # Always pass the dtype: without it the text encoder keeps bfloat16 while the rest is float32.
         pipe = CogView4Pipeline.from_pretrained(path, dtype=getattr(torch, self.dtype_name))
-        pipe.set_progress_bar_config(disable=True)
-        prepare_pipeline(pipe, self.device, self.fast)
-        if self.warmup:
-            warm_started = time.perf_counter()
-            pipe(
-                "warm-up",
-                width=512,
-                height=512,
-                num_inference_steps=2,
-                guidance_scale=1.0,
-                generator=torch.Generator("cpu").manual_seed(0),
-            )
-            log.info("warm-up generation took %.1f s", time.perf_counter() - warm_started)
-        return pipe
+        self.tokenizer = pipe.tokenizer
+        pipelines = pipelines_for(pipe, self.devices, self.fast)
+        names = worker_names([str(device) for device in self.devices])
+        return [Worker(name, device, p) for name, device, p in zip(names, self.devices, pipelines, strict=True)]
+
+    def warm_up(self) -> None:
+        """Run the warm-up generations on every worker, through the same call as a visitor's job."""
+        for worker in self.workers:
+            for job in warmup_jobs(self.fast):
+                warm_started = time.perf_counter()
+                run_pipeline(worker.pipe, job)
+                log.info(
+                    "warm-up %dx%d, %d image(s) on %s took %.1f s",
+                    job.width,
+                    job.height,
+                    job.num_images,
+                    worker.name,
+                    time.perf_counter() - warm_started,
+                )

@@ -19,10 +19,6 @@ from typing import Any
 # Gradio's analytics contact the internet when Blocks() is created; off before gradio is imported.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse  # noqa: E402
-from starlette.routing import Route  # noqa: E402
-
 from ..config import Settings, load_settings  # noqa: E402
 from ..engine import Engine, LocalEngine  # noqa: E402
 from ..enhancer import EnhancerConfig, PromptEnhancer  # noqa: E402
@@ -31,6 +27,7 @@ from ..models.loading import PipelineLoader  # noqa: E402
 from ..sessions import FileSweeper  # noqa: E402
 from ..sizes import ASSETS_DIR, load_size_presets  # noqa: E402
 from ..styles import StyleBook, load_styles  # noqa: E402
+from .routes import NO_DEEP_LINKS, health_route, ready_route  # noqa: E402
 
 log = logging.getLogger("glmimage")
 
@@ -69,9 +66,15 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     examples = load_examples(styles.ids)
     enhancer_config = EnhancerConfig.from_env()
     loader = PipelineLoader(
-        settings.model, settings.dtype, settings.fast_paths, warmup=settings.warmup, cache_dir=settings.cache_dir
+        settings.model,
+        settings.dtype,
+        settings.fast_paths,
+        warmup=settings.warmup,
+        cache_dir=settings.cache_dir,
+        devices=settings.device_list,
+        concurrency=settings.concurrency,
     ).start()
-    engine = engine_factory(loader, styles, settings.concurrency)
+    engine = engine_factory(loader, styles, settings.workers)
     parts = AppParts(
         settings=settings,
         loader=loader,
@@ -88,35 +91,6 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     # api_open=False: otherwise POST /gradio_api/run/<name> skips the queue and its concurrency limit.
     demo.queue(default_concurrency_limit=1, max_size=settings.max_queue, api_open=False)
     return App(demo, loader, i18n, parts.files_root, engine)
-
-
-def health_route(demo: Any, loader: PipelineLoader, started: float) -> Route:
-    """``/healthz`` for load balancers: answered on the event loop, never behind the GPU queue."""
-
-    async def healthz(_request: Request) -> JSONResponse:
-        queue = getattr(demo, "_queue", None)
-        body = {
-            "status": "ok" if loader.state.value != "failed" else "degraded",
-            "model": loader.model_name,
-            "model_state": loader.state.value,
-            "device": loader.device.type if loader.device is not None else None,
-            "dtype": loader.dtype_name,
-            "queue_length": len(queue) if queue is not None else 0,
-            "uptime_s": round(time.monotonic() - started, 1),
-        }
-        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
-
-    return Route("/healthz", healthz, methods=["GET"])
-
-
-async def _no_deep_link(_request: Request) -> JSONResponse:
-    return JSONResponse("")
-
-
-# Gradio's /gradio_api/deep_link writes a session's last inputs and outputs (prompts, session log) to a file under
-# the temporary folder that nothing deletes, and serves them to anyone given its name. This page has no deep-link
-# button; the route answers as Gradio does for an unknown session and writes nothing (it is matched before Gradio's).
-NO_DEEP_LINKS = Route("/gradio_api/deep_link", _no_deep_link, methods=["GET"])
 
 
 def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFactory = LocalEngine) -> App:
@@ -153,7 +127,10 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
         share=False,
         show_error=False,  # an unexpected exception's text (paths, internals) never reaches the page
         css=CSS,
-        app_kwargs={"routes": [health_route(demo, loader, started), NO_DEEP_LINKS], "lifespan": lifespan},
+        app_kwargs={
+            "routes": [health_route(demo, loader, started), ready_route(loader), NO_DEEP_LINKS],
+            "lifespan": lifespan,
+        },
         prevent_thread_lock=True,
         quiet=False,
     )

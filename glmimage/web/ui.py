@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import datetime
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -384,8 +385,9 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             names = {"model": loader.model_name}
             if loader.state is ModelState.LOADING:
                 text = translator.t("status.loading", lang, **names)
-            elif loader.state is ModelState.READY:
-                text = translator.t("status.ready", lang, device=loader.device.type, dtype=loader.dtype_name, **names)
+            elif loader.state in (ModelState.WARMING, ModelState.READY):  # warming: usable, generations wait
+                key = "status.warming" if loader.state is ModelState.WARMING else "status.ready"
+                text = translator.t(key, lang, device=loader.device.type, dtype=loader.dtype_name, **names)
             else:
                 text = translator.t("status.failed", lang, reason=translator.t(loader.error_key, lang))
             if loader.choice is not None and loader.choice.is_tiny:
@@ -399,7 +401,8 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             notice += " " + translator.t("privacy.log_on" if settings.log_prompts else "privacy.log_off", lang)
             if parts.enhancer is not None:
                 notice += " " + translator.t("privacy.enhancer", lang)
-            return text, gr.Timer(active=loader.state is ModelState.LOADING), notice
+            busy = loader.state in (ModelState.LOADING, ModelState.WARMING)
+            return text, gr.Timer(active=busy), notice
 
         status_outputs = [model_status, status_timer, privacy_notice]
         demo.load(
@@ -456,7 +459,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             request.request.state.glmimage_enqueued_at = time.monotonic()
             return [gr.validate(True, "")] * len(API_FIELDS) + [None]
 
-        def generate(
+        async def generate(
             prompt: str,
             negative_prompt: str,
             style: str,
@@ -471,7 +474,11 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             request: gr.Request,
             progress: gr.Progress = PROGRESS,
         ) -> Any:
-            """Generate images; returns them, the seed used, and the parameters with timings."""
+            """Generate images; returns them, the seed used, and the parameters with timings.
+
+            ``async``, awaiting the job's thread: a cancel (gradio_client ``job.cancel()``, i.e.
+            ``POST /gradio_api/cancel``) cancels this coroutine, which sets the job's stop flag, so the job ends at
+            its next step and frees its worker. A sync handler's thread never noticed a cancel."""
             lang = _lang(request)
             raw = dict(
                 prompt=prompt,
@@ -493,17 +500,25 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
                 # The steps run on the engine's thread; Gradio finds this event's progress bar through context
                 # variables, which a plain call from that thread would not see (the page showed no steps).
                 event_context = contextvars.copy_context()
-                outcome = service.run(
-                    req,
-                    session,
-                    queue_s,
-                    on_step=lambda done, total: event_context.run(
-                        progress, (done, total), desc=translator.t("status.progress", lang)
-                    ),
-                    should_stop=lambda: (
-                        session.stop_requested_at >= enqueued - 0.001 or _client_gone(demo, request.session_hash)
-                    ),
-                )
+                cancelled = threading.Event()
+                try:
+                    outcome = await asyncio.to_thread(
+                        service.run,
+                        req,
+                        session,
+                        queue_s,
+                        on_step=lambda done, total: event_context.run(
+                            progress, (done, total), desc=translator.t("status.progress", lang)
+                        ),
+                        should_stop=lambda: (
+                            cancelled.is_set()
+                            or session.stop_requested_at >= enqueued - 0.001
+                            or _client_gone(demo, request.session_hash)
+                        ),
+                    )
+                except asyncio.CancelledError:
+                    cancelled.set()  # the API client cancelled: the job stops at its next step
+                    raise
             except InputError as exc:
                 raise gr.Error(
                     texts(exc.key, lang, **exc.params), title=texts("error.title", lang), print_exception=False
@@ -511,7 +526,8 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             except EngineError as exc:
                 if exc.key == "status.stopped":
                     gr.Info(texts(exc.key, lang, **exc.params))
-                    return gr.skip(), gr.skip(), gr.skip(), session
+                    # An ended session (New session, time-to-live) must not come back as the page's state.
+                    return gr.skip(), gr.skip(), gr.skip(), gr.skip() if session.disposed else session
                 if exc.key.startswith("load."):
                     raise gr.Error(
                         texts("error.model_unavailable", lang, reason=texts(exc.key, lang)), print_exception=False
@@ -557,7 +573,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             api_name="generate",
             validator=check,
             preprocess=False,
-            concurrency_limit=settings.concurrency,
+            concurrency_limit=settings.workers,  # one job per pipeline of the pool (--devices x --concurrency)
             concurrency_id="gpu",
             show_progress_on=gallery,
         )
@@ -617,10 +633,12 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
         )
 
         def do_clear(session: Session, request: gr.Request) -> tuple:
-            count = session.clear_history()
-            session.record("history_cleared", entries=count)
+            with session.lock:  # one change at a time: a finishing job waits, or this waits for it
+                count = session.clear_history()
+                session.record("history_cleared", entries=count)
+                outputs = (session, *_history_and_log(session))
             gr.Info(translator.t("info.history_cleared", _lang(request)))
-            return (session, *_history_and_log(session))
+            return outputs
 
         clear_history.click(
             do_clear,
@@ -682,14 +700,15 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
         )
 
         def set_keep_history(session: Session, keep: bool, request: gr.Request) -> tuple:
-            session.keep_history = bool(keep)
-            session.record("setting_changed", keep_history=session.keep_history)
-            if not keep:
-                session.forget_prompts()
-            if not keep and session.history:
-                session.clear_history()
-                gr.Info(translator.t("info.history_off", _lang(request)))
-            return (session, *_history_and_log(session))
+            with session.lock:  # one change at a time: a finishing job waits, or this waits for it
+                session.keep_history = bool(keep)
+                session.record("setting_changed", keep_history=session.keep_history)
+                if not keep:
+                    session.forget_prompts()
+                if not keep and session.history:
+                    session.clear_history()
+                    gr.Info(translator.t("info.history_off", _lang(request)))
+                return (session, *_history_and_log(session))
 
         keep_history.input(
             set_keep_history,
@@ -701,9 +720,10 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
         )
 
         def set_embed_metadata(session: Session, embed: bool) -> tuple:
-            session.embed_metadata = bool(embed)
-            session.record("setting_changed", embed_metadata=session.embed_metadata)
-            return (session, *_history_and_log(session))
+            with session.lock:  # one change at a time: a finishing job waits, or this waits for it
+                session.embed_metadata = bool(embed)
+                session.record("setting_changed", embed_metadata=session.embed_metadata)
+                return (session, *_history_and_log(session))
 
         embed_metadata.input(
             set_embed_metadata,
