@@ -9,15 +9,14 @@ to exhaust), and model offload runs with real accelerate hooks whose device is t
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from diffusers import CogView4Pipeline
+from inject import raising_in_transformer
 
 from glmimage.errors import EngineError, GenerationStopped
 from glmimage.models.accel import FastPaths, prepare_pipeline
@@ -77,32 +76,6 @@ def stopped_at(pipe: CogView4Pipeline, step: int, the_job: Job) -> GenerationSto
             pipe, the_job, on_step=lambda done, _total: seen.__setitem__(0, done), should_stop=lambda: seen[0] >= step
         )
     return caught.value
-
-
-@contextmanager
-def raising_in_transformer(
-    pipe: CogView4Pipeline, error: Callable[[], BaseException], at_call: int
-) -> Iterator[dict[str, Any]]:
-    """Raise ``error()`` from the first transformer block's forward at its ``at_call``-th call (2 calls a step:
-    cond and uncond; the first block runs even on a cache hit), inside the real pipeline call. A new exception
-    each time, as a real failure: one kept by the test would keep its traceback's frames alive."""
-    state: dict[str, Any] = {"calls": 0, "activations": None}
-
-    class Activations:
-        """Stands for the tensors a failing forward holds in its frame."""
-
-    def hook(_module: torch.nn.Module, _args: Any, _output: Any) -> None:
-        state["calls"] += 1
-        if state["calls"] == at_call:
-            activations = Activations()
-            state["activations"] = weakref.ref(activations)
-            raise error()
-
-    handle = pipe.transformer.transformer_blocks[0].register_forward_hook(hook)
-    try:
-        yield state
-    finally:
-        handle.remove()
 
 
 # ---- stop -------------------------------------------------------------------------------------------------------
