@@ -78,12 +78,24 @@ class Settings:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"--port must be from 1 to 65535 (got {self.port})")
         RateLimit.parse(self.rate_limit)
-        self._check_devices()
+        self._check_combinations()
         object.__setattr__(self, "trusted_proxy_list", parse_trusted_proxies(self.trusted_proxies))
         self.fast_paths  # noqa: B018 - validates the fast-path options now, not at load time
 
-    def _check_devices(self) -> None:
-        """Refuse at start what the device pool cannot run (see the README's table of combinations)."""
+    def _check_combinations(self) -> None:
+        """Refuse at start what cannot run together, with the reason (the README's table of combinations)."""
+        if self.offload == "sequential" and self.compile:
+            raise ValueError(
+                "--offload sequential cannot be combined with --compile: sequential offload moves every layer's "
+                "weights in and out around each call, which torch.compile cannot trace into one graph. Use "
+                "--offload model with --compile."
+            )
+        if self.offload == "sequential" and self.quantize != "none":
+            raise ValueError(
+                "--offload sequential cannot be combined with --quantize int8: sequential offload parks every "
+                "weight on the meta device and copies it back per layer, which torchao's quantized weights do not "
+                "survive. Use --offload model with --quantize int8 (about 12 GB)."
+            )
         devices = parse_devices(self.devices)
         kinds = {entry.split(":")[0] for entry in devices}
         if len(kinds) > 1:

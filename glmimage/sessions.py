@@ -81,13 +81,15 @@ class Session:
     stop_requested_at: float = float("-inf")
     # True once the session ended: its running job stops, and nothing is written into it any more.
     disposed: bool = False
-    # Re-entrant: a change may call another (clear_history inside dispose).
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Not a dataclass field: Gradio copies a State's value field by field (dataclasses.asdict), and a lock
+        # cannot be copied. Re-entrant: a change may call another (clear_history inside dispose).
+        self.lock = threading.RLock()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Session:
         """Gradio deep-copies the default Session into every new visit; each copy gets a lock of its own."""
-        values = {f.name: copy.deepcopy(getattr(self, f.name), memo) for f in fields(self) if f.name != "lock"}
-        return Session(**values)
+        return Session(**{f.name: copy.deepcopy(getattr(self, f.name), memo) for f in fields(self)})
 
     def _begin(self) -> None:
         if not self.id:

@@ -16,12 +16,14 @@ import torch
 
 
 @contextmanager
-def raising_in_transformer(pipe: Any, error: Callable[[], BaseException], at_call: int) -> Iterator[dict[str, Any]]:
+def raising_in_transformer(
+    pipe: Any, error: Callable[[], BaseException], at_call: int, state: dict[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
     """Raise ``error()`` from the first transformer block's forward at its ``at_call``-th call (2 calls a step:
     cond and uncond; the first block runs even on a cache hit). A new exception each time, as a real failure:
     one kept by the test would keep its traceback's frames alive. ``state["activations"]`` is a weak reference to
     an object the failing frame held, standing for its tensors."""
-    state: dict[str, Any] = {"calls": 0, "activations": None}
+    state = {"calls": 0, "activations": None} if state is None else state
 
     class Activations:
         """Stands for the tensors a failing forward holds in its frame."""
@@ -41,9 +43,13 @@ def raising_in_transformer(pipe: Any, error: Callable[[], BaseException], at_cal
 
 
 @contextmanager
-def raising_in_every_worker(workers: list[Any], error: Callable[[], BaseException], at_call: int) -> Iterator[None]:
-    """:func:`raising_in_transformer` on every worker's pipeline (the job may land on any)."""
+def raising_in_every_worker(
+    workers: list[Any], error: Callable[[], BaseException], at_call: int
+) -> Iterator[dict[str, Any]]:
+    """:func:`raising_in_transformer` on every worker's pipeline (the job may land on any), counting the calls of
+    all of them together: meant for one job at a time."""
+    state: dict[str, Any] = {"calls": 0, "activations": None}
     with ExitStack() as stack:
         for worker in workers:
-            stack.enter_context(raising_in_transformer(worker.pipe, error, at_call))
-        yield
+            stack.enter_context(raising_in_transformer(worker.pipe, error, at_call, state))
+        yield state

@@ -13,7 +13,7 @@ matters and lives only here:
    the prompts are never padded beyond the pipeline's own multiple of 16, which would change the picture (the
    text encoder runs without an attention mask, so pad tokens change the embeddings of the real ones).
 
-Combinations that cannot work are refused by ``FastPaths`` itself, so the app refuses them at start.
+Combinations that cannot work are refused at start by ``glmimage.config.Settings`` (see the README's table).
 """
 
 from __future__ import annotations
@@ -65,18 +65,6 @@ class FastPaths:
             raise ValueError(f"Unknown quantize mode {self.quantize!r}: choose one of {', '.join(QUANTIZE_MODES)}.")
         if not self.cache_threshold >= 0.0:  # also rejects NaN
             raise ValueError(f"cache_threshold must be 0 (off) or positive, got {self.cache_threshold}.")
-        if self.offload == "sequential" and self.compile:
-            raise ValueError(
-                "--offload sequential cannot be combined with --compile: sequential offload moves every layer's "
-                "weights in and out around each call, which torch.compile cannot trace into one graph. Use "
-                "--offload model with --compile."
-            )
-        if self.offload == "sequential" and self.quantize != "none":
-            raise ValueError(
-                "--offload sequential cannot be combined with --quantize int8: sequential offload parks every "
-                "weight on the meta device and copies it back per layer, which torchao's quantized weights do not "
-                "survive. Use --offload model with --quantize int8 (about 12 GB)."
-            )
 
     @property
     def stateful_transformer(self) -> bool:
