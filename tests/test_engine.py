@@ -392,3 +392,20 @@ def test_service_rate_limit_refuses_the_request_over_the_limit_with_a_wait(engin
         service.admit(raw(), "1.2.3.4", "s1", 0)
     assert caught.value.key == "error.rate_limited" and caught.value.params["seconds"] >= 1
     service.admit(raw(), "5.6.7.8", "s2", 0)  # another visitor is not affected
+
+
+def test_service_run_of_a_session_ended_in_the_last_step_keeps_no_file_history_or_log_line(engine, styles, tmp_path):
+    session = Session(str(tmp_path))
+    make_service(engine, styles).run(request(num_inference_steps=1), session, queue_s=0)
+    folder = session.folder
+    assert folder.exists()
+
+    def end_session_at_the_last_step(done: int, total: int) -> None:
+        if done == total:
+            session.dispose()  # the tab closed while the last step ran: no stop is asked after the last step
+
+    with pytest.raises(GenerationStopped):
+        make_service(engine, styles).run(
+            request(num_inference_steps=2), session, queue_s=0, on_step=end_session_at_the_last_step
+        )
+    assert not folder.exists() and session.history == [] and session.log == []
