@@ -8,13 +8,26 @@ the transformer passes that really ran all blocks so a cache result can be judge
 
 Each variant is isolated: its own freshly built pipeline, ``glmimage.models.accel.prepare_pipeline`` with its
 fast paths, one warm-up generation (it includes compilation; reported separately), then ``--repeats`` timed
-generations.
-Prompts are encoded with ``bucketed_prompt_embeds`` inside the timed region, as the app does. A variant that
+generations. Each generation is one ``glmimage.models.run.run_pipeline`` call, as the app makes it (prompt
+encoding included); the table reports any graph compiled during the timed runs (a recompile). A variant that
 fails is reported with the reason and the rest go on; on a machine without CUDA, variants that need it are
 reported as skipped. Results are written after each variant, to PREFIX.md and PREFIX.json.
 
     python benchmarks/gpu_benchmark.py [--shrunk] [--device cuda|cpu] [--steps N] [--size WxH]
         [--variants plain,compile,cache,offload,int8,best] [--repeats N] [--out PREFIX]
+
+``--correctness`` runs the correctness pass instead (writes benchmarks/results/gpu_correctness.md and .json):
+for every flag set the app supports (and, marked, the two it refuses), on one pipeline built as the app builds
+it (``pipelines_for``): draw job B (the fresh picture), stop job A (another size, another prompt length) midway,
+draw B again; provoke an out-of-memory error inside the call (a forward hook allocates 1 TiB on the GPU; on a
+CPU, where memory overcommits, it raises ``torch.OutOfMemoryError`` itself), draw B again. Each B must equal the
+fresh one. It also reports the stop latency (raising from the step callback against diffusers' ``_interrupt``,
+which still decodes), where the models are after a stop with offload, GPU memory after a stop and after the OOM,
+graphs compiled after the first job (recompiles), the difference from the plain picture, and, with two or more
+CUDA devices (on a CPU: two CPU pipelines), the same B drawn on two pipelines at once.
+
+    python benchmarks/gpu_benchmark.py --correctness [--shrunk] [--device cuda|cpu] [--size WxH]
+        [--check-steps N] [--sets plain,cache,...] [--out PREFIX]
 
 ``--shrunk`` uses configs as small as glmimage.models.tiny's, so the whole script runs on CPU in seconds (CI).
 
@@ -27,6 +40,7 @@ the peak memory of each; variants plain and offload (model CPU offload); 30 step
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import gc
 import importlib.metadata
 import json
@@ -39,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import init_empty_weights
 from diffusers import (
@@ -57,8 +72,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing the package
     sys.path.insert(0, str(REPO_ROOT))
 
-from glmimage.models.accel import FastPaths, bucketed_prompt_embeds, prepare_pipeline  # noqa: E402
+from glmimage.errors import EngineError, GenerationStopped  # noqa: E402
+from glmimage.models.accel import FastPaths, pipelines_for, prepare_pipeline  # noqa: E402
 from glmimage.models.glm_image import DENOISING, PLANNING, run_glm_image  # noqa: E402
+from glmimage.models.run import Job, run_pipeline  # noqa: E402
 from glmimage.models.tiny import _build_tokenizer  # noqa: E402
 from glmimage.models.tiny_glm import _CHAT_TEMPLATE, _PATCH, _ar_tokenizer, ensure_tiny_glm_model  # noqa: E402
 
@@ -267,18 +284,7 @@ def run_variant(variant: Variant, args: argparse.Namespace, device: torch.device
     def generate() -> float:
         _synchronize(device)
         start = time.perf_counter()
-        prompt_embeds = bucketed_prompt_embeds(pipe, [PROMPT], device, dtype)
-        negative_prompt_embeds = bucketed_prompt_embeds(pipe, [NEGATIVE_PROMPT], device, dtype)
-        pipe(
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            width=args.width,
-            height=args.height,
-            num_inference_steps=args.steps,
-            guidance_scale=3.5,
-            generator=torch.Generator().manual_seed(SEED),
-            output_type="pil",
-        )
+        run_pipeline(pipe, Job(PROMPT, NEGATIVE_PROMPT, args.width, args.height, 1, args.steps, 3.5, SEED))
         _synchronize(device)
         return time.perf_counter() - start
 
@@ -299,6 +305,281 @@ def run_variant(variant: Variant, args: argparse.Namespace, device: torch.device
         result.full_transformer_passes_per_image = full_passes[0] / args.repeats
     result.transformer_passes_per_image = 2 * args.steps
     return result
+
+
+# ---- the correctness pass ---------------------------------------------------------------------------------------
+
+DEFAULT_CORRECTNESS_OUT = REPO_ROOT / "benchmarks" / "results" / "gpu_correctness"
+LONG_PROMPT = PROMPT + ", " + PROMPT  # job A: another prompt length than job B, so a recompile would show
+# The refusals of glmimage.config.Settings, tried anyway so the table shows what they would do.
+REFUSED = {"sequential+compile", "sequential+int8"}
+
+
+def _flag_sets(cache_threshold: float) -> dict[str, FastPaths]:
+    cache = cache_threshold
+    return {
+        "plain": FastPaths(),
+        "cache": FastPaths(cache_threshold=cache),
+        "compile": FastPaths(compile=True),
+        "compile+cache": FastPaths(compile=True, cache_threshold=cache),
+        "int8": FastPaths(quantize="int8"),
+        "int8+compile": FastPaths(quantize="int8", compile=True),
+        "offload": FastPaths(offload="model"),
+        "offload+cache": FastPaths(offload="model", cache_threshold=cache),
+        "offload+compile": FastPaths(offload="model", compile=True),
+        "offload+int8": FastPaths(offload="model", quantize="int8"),
+        "sequential": FastPaths(offload="sequential"),
+        "sequential+cache": FastPaths(offload="sequential", cache_threshold=cache),
+        "sequential+compile": FastPaths(offload="sequential", compile=True),
+        "sequential+int8": FastPaths(offload="sequential", quantize="int8"),
+    }
+
+
+@dataclass
+class Check:
+    flags: str
+    status: str  # "ok", "MISMATCH", "failed", "skipped"
+    reason: str = ""
+    stop_to_return_ms: float | None = None  # raising from the step callback (what the app does)
+    interrupt_to_return_ms: float | None = None  # pipe._interrupt = True instead (plain only)
+    after_stop_max_diff: int | None = None  # job B after the stop against the fresh B, 0-255
+    models_on_cpu_after_stop: bool | None = None  # with model offload
+    oom_key: str | None = None
+    after_oom_max_diff: int | None = None
+    gpu_mib: dict[str, float] = field(default_factory=dict)  # allocated: fresh, after stop, after OOM
+    graphs_after_first_job: int | None = None  # compiled after job B's first draw: recompiles
+    vs_plain_max_diff: int | None = None
+    two_pipelines_max_diff: int | None = None
+
+
+def _pixels(images: list) -> np.ndarray:
+    return np.asarray(images[0].convert("RGB")).astype(np.int16)
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a - b).max()) if a.shape == b.shape else 255
+
+
+def _allocated_mib(device: torch.device) -> float | None:
+    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def _other_size(width: int, height: int) -> tuple[int, int]:
+    if width != height:
+        return height, width
+    return max(32, round(width * 0.75 / 32) * 32), round(height * 1.25 / 32) * 32
+
+
+def _graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def _out_of_memory_hook(device: torch.device, at_call: int):
+    """A forward hook that makes the transformer's ``at_call``-th call run out of memory, inside the real call."""
+    calls = [0]
+
+    def hook(_module, _args, _output):
+        calls[0] += 1
+        if calls[0] == at_call:
+            if device.type == "cuda":
+                torch.empty(2**40, dtype=torch.uint8, device=device)  # 1 TiB: a real OOM from the allocator
+            raise torch.OutOfMemoryError("out of memory (raised by the benchmark: a CPU overcommits memory)")
+
+    return hook
+
+
+def _stop_latency_ms(pipe, job: Job, stop_at: int, interrupt: bool, device: torch.device) -> float:
+    """Milliseconds from the moment a stop is seen after step ``stop_at`` to the call's return."""
+    seen = [0, 0.0]
+
+    def on_step(done: int, _total: int) -> None:
+        seen[0] = done
+
+    def should_stop() -> bool:
+        if seen[0] >= stop_at:
+            _synchronize(device)
+            seen[1] = time.perf_counter()
+            return True
+        return False
+
+    if interrupt:
+
+        def step_end(p, step, _timestep, tensors):
+            if step + 1 == stop_at:
+                _synchronize(device)
+                seen[1] = time.perf_counter()
+                p._interrupt = True
+            return tensors
+
+        arguments = {"prompt": job.prompt, "width": job.width, "height": job.height}
+        pipe(
+            **arguments,
+            num_inference_steps=job.steps,
+            guidance_scale=job.guidance_scale,
+            generator=torch.Generator().manual_seed(job.seed),
+            callback_on_step_end=step_end,
+        )
+    else:
+        try:
+            run_pipeline(pipe, job, on_step=on_step, should_stop=should_stop)
+        except GenerationStopped:
+            pass
+    _synchronize(device)
+    return (time.perf_counter() - seen[1]) * 1000
+
+
+def run_check(
+    name: str, fast: FastPaths, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, plain_b
+) -> tuple[Check, np.ndarray]:
+    check = Check(name, status="ok")
+    _free_memory(device)
+    torch.manual_seed(SEED)  # the same random weights for every flag set, so pictures compare
+    pipe = build_pipeline(args.shrunk, device, dtype)
+    if fast.offload != "none":
+        pipe.to("cpu")  # as after from_pretrained: offload starts from the CPU
+        _free_memory(device)
+    (pipe,) = pipelines_for(pipe, [device], fast)
+    steps, stop_at = args.check_steps, max(1, args.check_steps // 2)
+    width_b, height_b = _other_size(args.width, args.height)
+    job_a = Job(LONG_PROMPT, "", args.width, args.height, 1, steps, 3.5, SEED)
+    job_b = Job(PROMPT, "", width_b, height_b, 1, steps, 3.5, SEED)
+    fresh_b = _pixels(run_pipeline(pipe, job_b))
+    graphs = _graphs()
+    check.gpu_mib["fresh"] = _allocated_mib(device)
+    check.stop_to_return_ms = _stop_latency_ms(pipe, job_a, stop_at, interrupt=False, device=device)
+    if name == "plain":
+        check.interrupt_to_return_ms = _stop_latency_ms(pipe, job_a, stop_at, interrupt=True, device=device)
+    if fast.offload == "model":
+        check.models_on_cpu_after_stop = all(
+            next(getattr(pipe, part).parameters()).device.type == "cpu" for part in ("transformer", "text_encoder")
+        )
+    check.gpu_mib["after stop"] = _allocated_mib(device)
+    check.after_stop_max_diff = _max_diff(_pixels(run_pipeline(pipe, job_b)), fresh_b)
+
+    handle = pipe.transformer.transformer_blocks[0].register_forward_hook(_out_of_memory_hook(device, at_call=3))
+    try:
+        run_pipeline(pipe, job_a)
+    except EngineError as error:
+        check.oom_key = error.key
+    finally:
+        handle.remove()
+    check.gpu_mib["after OOM"] = _allocated_mib(device)
+    check.after_oom_max_diff = _max_diff(_pixels(run_pipeline(pipe, job_b)), fresh_b)
+    if fast.compile:
+        check.graphs_after_first_job = _graphs() - graphs
+    if plain_b is not None:
+        check.vs_plain_max_diff = _max_diff(fresh_b, plain_b)
+    if check.after_stop_max_diff > 1 or check.after_oom_max_diff > 1 or check.oom_key != "error.oom":
+        check.status = "MISMATCH"
+    del pipe
+    return check, fresh_b
+
+
+def run_two_pipelines(
+    name: str, fast: FastPaths, args: argparse.Namespace, devices: list[torch.device], dtype: torch.dtype, expected
+) -> Check:
+    """Job B on two pipelines of the pool at once; each must draw what one fresh pipeline draws."""
+    check = Check(f"{name}, {len(devices)} pipelines ({','.join(str(d) for d in devices)})", status="ok")
+    torch.manual_seed(SEED)
+    pipe = build_pipeline(args.shrunk, devices[0], dtype)
+    pipes = pipelines_for(pipe, devices, fast)
+    width_b, height_b = _other_size(args.width, args.height)
+    job_b = Job(PROMPT, "", width_b, height_b, 1, args.check_steps, 3.5, SEED)
+    with concurrent.futures.ThreadPoolExecutor(len(pipes)) as pool:
+        drawn = list(pool.map(lambda p: _pixels(run_pipeline(p, job_b)), pipes))
+    check.two_pipelines_max_diff = max(_max_diff(d, expected) for d in drawn)
+    if check.two_pipelines_max_diff > 1:
+        check.status = "MISMATCH"
+    return check
+
+
+def correctness_markdown(meta: dict, checks: list[Check]) -> str:
+    def diff(value: int | None) -> str:
+        return "–" if value is None else str(value)
+
+    lines = [
+        f"# GLM Image correctness pass — {meta['device_name']}",
+        "",
+        (
+            f"{meta['date']} · {meta['model']} · {meta['dtype']} · job A {meta['width']}x{meta['height']} (long "
+            f"prompt), job B {meta['width_b']}x{meta['height_b']}, {meta['steps']} steps, guidance 3.5 · torch "
+            f"{meta['torch']} · diffusers {meta['diffusers']} · torchao {meta['torchao'] or 'not installed'}"
+        ),
+        "",
+        "Max Δ: the largest difference of any pixel channel (0-255) from job B drawn by the same pipeline before",
+        "anything happened to it (a fresh server's picture); ok means at most 1.",
+        "",
+        "| flags | status | stop → return (ms) | B after stop (max Δ) | models on CPU after stop | after OOM | "
+        "B after OOM (max Δ) | GPU MiB: fresh / after stop / after OOM | graphs compiled after job 1 | "
+        "vs plain (max Δ) | note |",
+        "|---|---|---:|---:|---|---|---:|---|---:|---:|---|",
+    ]
+    for c in checks:
+        stop = _format(c.stop_to_return_ms, 1)
+        if c.interrupt_to_return_ms is not None:
+            stop += f" (with _interrupt: {_format(c.interrupt_to_return_ms, 1)})"
+        on_cpu = "–" if c.models_on_cpu_after_stop is None else ("yes" if c.models_on_cpu_after_stop else "NO")
+        mib = " / ".join(_format(c.gpu_mib.get(k), 0) for k in ("fresh", "after stop", "after OOM"))
+        after_stop = diff(c.after_stop_max_diff if c.two_pipelines_max_diff is None else c.two_pipelines_max_diff)
+        note = c.reason.replace("|", "/")
+        if c.flags.split(",")[0] in REFUSED:
+            note = f"refused at start by app.py; {note or 'ran here'}"
+        lines.append(
+            f"| {c.flags} | {c.status} | {stop} | {after_stop} | {on_cpu} | {c.oom_key or '–'} | "
+            f"{diff(c.after_oom_max_diff)} | {mib} | {diff(c.graphs_after_first_job)} | {diff(c.vs_plain_max_diff)} "
+            f"| {note} |"
+        )
+    lines += [
+        "",
+        'Rows "N pipelines": job B drawn on the pool\'s pipelines at once (column "B after stop" holds their max Δ',
+        "against one fresh pipeline). Random weights: the pictures are noise, which compares as well as pictures.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main_correctness(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, meta: dict) -> int:
+    sets = _flag_sets(args.cache_threshold)
+    width_b, height_b = _other_size(args.width, args.height)
+    meta = {**meta, "steps": args.check_steps, "width_b": width_b, "height_b": height_b}
+    checks: list[Check] = []
+    pictures: dict[str, np.ndarray] = {}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> str:
+        markdown = correctness_markdown(meta, checks)
+        Path(f"{args.out}.md").write_text(markdown, encoding="utf-8")
+        report = {**meta, "checks": [asdict(c) for c in checks]}
+        Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        return markdown
+
+    names = ["plain", *[n for n in args.sets if n != "plain"]] if "plain" in args.sets else args.sets
+    for name in names:
+        print(f"[gpu_benchmark] correctness: {name} ...", file=sys.stderr, flush=True)
+        fast = sets[name]
+        if fast.offload != "none" and device.type != "cuda":
+            checks.append(Check(name, status="skipped", reason="skipped: needs CUDA"))
+        else:
+            try:
+                check, pictures[name] = run_check(name, fast, args, device, dtype, pictures.get("plain"))
+            except Exception as error:  # a failing flag set is a result; the others still run
+                traceback.print_exc()
+                check = Check(name, status="failed", reason=f"{type(error).__name__}: {error}".splitlines()[0][:300])
+            checks.append(check)
+        _free_memory(device)
+        write()
+    if device.type == "cuda" and torch.cuda.device_count() >= 2:
+        pool = [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    else:
+        pool = [device, device]  # one device: two pipelines on it, as --concurrency 2 (or --devices cpu,cpu)
+    for name in [n for n in ("plain", "cache") if n in pictures]:
+        try:
+            checks.append(run_two_pipelines(name, sets[name], args, pool, dtype, pictures[name]))
+        except Exception as error:
+            traceback.print_exc()
+            checks.append(Check(f"{name}, 2 pipelines", status="failed", reason=f"{type(error).__name__}: {error}"))
+        _free_memory(device)
+    print(write())
+    return 0 if all(c.status in ("ok", "skipped") or c.flags in REFUSED for c in checks) else 1
 
 
 def _format(value: float | None, digits: int = 2) -> str:
@@ -386,9 +667,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per variant, after one warm-up")
     parser.add_argument("--cache-threshold", type=float, default=DEFAULT_CACHE_THRESHOLD)
     parser.add_argument(
-        "--out", type=Path, help=f"writes OUT.md and OUT.json (default {DEFAULT_OUT.name}, {DEFAULT_GLM_OUT.name})"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"writes OUT.md and OUT.json (default {DEFAULT_OUT.name}, {DEFAULT_GLM_OUT.name}, "
+        f"{DEFAULT_CORRECTNESS_OUT.name})",
+    )
+    parser.add_argument("--correctness", action="store_true", help="the correctness pass instead of the timings")
+    parser.add_argument("--check-steps", type=int, default=8, help="steps of each correctness job (default 8)")
+    parser.add_argument(
+        "--sets",
+        default=",".join(_flag_sets(DEFAULT_CACHE_THRESHOLD)),
+        help=f"correctness flag sets, from {','.join(_flag_sets(DEFAULT_CACHE_THRESHOLD))}",
     )
     args = parser.parse_args(argv)
+    if args.out is None and args.correctness:
+        args.out = DEFAULT_CORRECTNESS_OUT
+    args.sets = [name.strip() for name in args.sets.split(",") if name.strip()]
+    unknown_sets = [name for name in args.sets if name not in _flag_sets(DEFAULT_CACHE_THRESHOLD)]
+    if unknown_sets or not args.sets:
+        parser.error(f"unknown flag set(s) {unknown_sets}")
+    if args.check_steps < 2:
+        parser.error("--check-steps must be at least 2 (a job is stopped midway)")
     args.width, args.height = args.size
     glm = args.model == "glm-image"
     if args.steps is None:
@@ -437,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         "transformers": _package_version("transformers"),
         "torchao": _package_version("torchao"),
     }
+    if args.correctness:
+        return main_correctness(args, device, dtype, meta)
     variants = _variants(args.cache_threshold)
     results: list[Result] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)

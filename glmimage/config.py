@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -28,6 +29,19 @@ _OPTIONAL_TEXT = (
     "maintenance_file",
 )
 MAX_CONTACT_CHARS = 500
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def parse_devices(text: str) -> list[str]:
+    """``--devices``: "cuda:0,cuda:1" -> ["cuda:0", "cuda:1"] ("cuda" is "cuda:0"); "" -> [] (the first CUDA
+    device, else the CPU, chosen when torch is loaded). Raises ValueError naming a bad entry."""
+    if not text.strip():
+        return []
+    entries = [part.strip().lower() for part in text.split(",")]
+    for entry in entries:
+        if not _DEVICE.fullmatch(entry):
+            raise ValueError(f"--devices: {entry!r} is not a device; write e.g. cuda:0,cuda:1 or cpu,cpu")
+    return ["cuda:0" if entry == "cuda" else entry for entry in entries]
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,7 @@ class Settings:
     quantize: str = "none"
     warmup: bool = True
     concurrency: int = 1
+    devices: str = ""
     max_queue: int = 32
     max_jobs_per_client: int = 2
     rate_limit: str = "10/minute"
@@ -87,6 +102,7 @@ class Settings:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"--port must be from 1 to 65535 (got {self.port})")
         RateLimit.parse(self.rate_limit)
+        self._check_combinations()
         object.__setattr__(self, "trusted_proxy_list", parse_trusted_proxies(self.trusted_proxies))
         self.fast_paths  # noqa: B018 - validates the fast-path options now, not at load time
         if not 0 <= self.drain_timeout <= 3600:
@@ -141,6 +157,40 @@ class Settings:
     @property
     def tls(self) -> bool:
         return bool(self.ssl_certfile)
+
+    def _check_combinations(self) -> None:
+        """Refuse at start what cannot run together, with the reason (the README's table of combinations)."""
+        if self.offload == "sequential" and self.compile:
+            raise ValueError(
+                "--offload sequential cannot be combined with --compile: sequential offload moves every layer's "
+                "weights in and out around each call, which torch.compile cannot trace into one graph. Use "
+                "--offload model with --compile."
+            )
+        if self.offload == "sequential" and self.quantize != "none":
+            raise ValueError(
+                "--offload sequential cannot be combined with --quantize int8: sequential offload parks every "
+                "weight on the meta device and copies it back per layer, which torchao's quantized weights do not "
+                "survive. Use --offload model with --quantize int8 (about 12 GB)."
+            )
+        devices = parse_devices(self.devices)
+        kinds = {entry.split(":")[0] for entry in devices}
+        if len(kinds) > 1:
+            raise ValueError(
+                f"--devices {self.devices}: list CUDA devices or the CPU, not both (all pipelines share one dtype, "
+                "and bfloat16 on a CPU is many times slower)"
+            )
+        if self.offload != "none" and kinds == {"cpu"}:
+            raise ValueError(f"--offload {self.offload} needs CUDA devices, but --devices is {self.devices}")
+
+    @property
+    def device_list(self) -> list[str]:
+        """The ``--devices`` entries; empty for the default (the first CUDA device, else the CPU)."""
+        return parse_devices(self.devices)
+
+    @property
+    def workers(self) -> int:
+        """Pipelines in the pool, and so jobs at once: ``--concurrency`` per ``--devices`` entry."""
+        return max(1, len(self.device_list)) * self.concurrency
 
     @property
     def fast_paths(self) -> FastPaths:
@@ -223,7 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     serving = p.add_argument_group("serving")
     serving.add_argument("--host", help="default GRADIO_SERVER_NAME or 127.0.0.1")
     serving.add_argument("--port", type=int, help="default GRADIO_SERVER_PORT or 7860")
-    serving.add_argument("--concurrency", type=int, help="generations running at once on the GPU (default 1)")
+    serving.add_argument(
+        "--devices",
+        help="comma-separated devices, one pipeline each, e.g. cuda:0,cuda:1 or cpu,cpu; a job goes to a free "
+        "one (default: the first CUDA device, else cpu)",
+    )
+    serving.add_argument(
+        "--concurrency",
+        type=int,
+        help="pipelines (jobs at once) per --devices entry, each with its own per-job state (default 1)",
+    )
     serving.add_argument("--max-queue", type=int, help="most jobs waiting in the queue (default 32)")
     serving.add_argument(
         "--max-jobs-per-client",

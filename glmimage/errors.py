@@ -38,3 +38,10 @@ class ModelNotReady(AppError, RuntimeError):
     @property
     def detail(self) -> str:
         return str(self.params.get("detail", ""))
+
+
+class GenerationStopped(EngineError):
+    """The visitor pressed Stop, cancelled, went away or ended the session: the job ended between two steps."""
+
+    def __init__(self, steps_done: int, total: int) -> None:
+        super().__init__("status.stopped", step=steps_done, total=total)

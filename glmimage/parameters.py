@@ -125,6 +125,8 @@ def _unstyled(styles: StyleBook, style_id: str, prompt: str, negative: str) -> t
         return None
     typed = prompt[len(before) : len(prompt) - len(after)]
     style_negative = style.negative_prompt.strip()
+    if not negative:  # no negative part at all: the model takes none (GLM-Image), or the style has none
+        return typed.strip(), ""
     if style_negative and negative == style_negative:
         typed_negative = ""
     elif style_negative and negative.endswith(", " + style_negative):

@@ -2,7 +2,8 @@
 
 Admission (rate limits, per-visitor queue cap, input validation) runs before a job may queue; ``run`` then asks
 the engine, saves the images into the session's folder, and records the timings, the history entry and the log
-line. Every refusal or failure is an exception with a message key; the UI only translates and shows it.
+line. Every refusal or failure is an exception with a message key; the UI only translates and shows it. A
+session that ends while its job runs stops the job, and the job then saves nothing into it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import Settings
-from .engine.base import Engine, GenerationResult, StepCallback, StopCheck
-from .errors import AppError, EngineError, InputError, Refused
+from .engine.base import Engine, GenerationResult, PhaseCallback, StepCallback, StopCheck
+from .errors import AppError, EngineError, GenerationStopped, InputError, Refused
 from .maintenance import Drain, MaintenanceFile
+from .models.families import COGVIEW4, Family
 from .ratelimit import VisitorLimiter
 from .requests import GenerationRequest, check_prompt_tokens, validate_prompt_text, validate_request
 from .sessions import HistoryEntry, Session, a1111_parameters, save_png
@@ -86,8 +88,10 @@ class GenerationService:
         observer: Observer | None = None,
         maintenance: MaintenanceFile | None = None,
         drain: Drain | None = None,
+        family: Family = COGVIEW4,
     ) -> None:
-        """``model_name`` is asked at each run: the model is chosen while the page is already up."""
+        """``model_name`` is asked at each run: the model is chosen while the page is already up. ``family`` is the
+        model's row of the capability table: what a request may ask for."""
         self.settings = settings
         self.engine = engine
         self.styles = styles
@@ -98,6 +102,7 @@ class GenerationService:
         self.observer = observer
         self.maintenance = maintenance
         self.drain = drain or Drain()
+        self.family = family
 
     def admit(
         self,
@@ -115,8 +120,10 @@ class GenerationService:
             self.check_open(lang)
             request = self.validated(raw)
             # The token limit too, before queuing, once the tokenizer is loaded (the engine checks it again).
-            final = self.styles.apply(request.style, request.prompt, request.negative_prompt)
-            check_prompt_tokens(final.prompt, final.negative_prompt, self.engine.count_tokens)
+            final = self.styles.apply(
+                request.style, request.prompt, request.negative_prompt, takes_negative=self.family.negative_prompt
+            )
+            check_prompt_tokens(final.prompt, final.negative_prompt, self.engine.count_tokens, self.family)
             if self.settings.max_jobs_per_client and jobs_for_client >= self.settings.max_jobs_per_client:
                 raise Refused("error.too_many_jobs", max=self.settings.max_jobs_per_client)
             self._count(self.limiter, client, session_key)
@@ -155,7 +162,7 @@ class GenerationService:
             raise Refused("error.maintenance", notice=text) if text else Refused("maintenance.default")
 
     def validated(self, raw: Mapping[str, Any]) -> GenerationRequest:
-        return validate_request(self.styles, **{name: raw.get(name) for name in API_FIELDS})
+        return validate_request(self.styles, **{name: raw.get(name) for name in API_FIELDS}, family=self.family)
 
     def _loggable(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Parameters for the session log: strict JSON (no NaN), valid UTF-8 (raw input may hold a lone surrogate,
@@ -175,11 +182,14 @@ class GenerationService:
         queue_s: float,
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
+        on_phase: PhaseCallback | None = None,
     ) -> Outcome:
         """Generate, save and record; the session's history changes only when everything succeeded.
 
-        Once a shutdown's drain time is spent, a job that had not started is refused and a running one stops at
-        its next step; both end with the "restarting" message."""
+        The job stops at its next step when the session ends (tab closed, New session, time-to-live); saving,
+        recording and the history entry happen under the session's lock, and not at all once it ended. Once a
+        shutdown's drain time is spent, a job that had not started is refused and a running one stops at its next
+        step; both end with the "restarting" message."""
         if self.drain.stopping:
             session.record("refused", reason="error.restarting", queue_s=round(queue_s, 4), **request.to_dict())
             if self.observer is not None:
@@ -192,13 +202,18 @@ class GenerationService:
         ending: tuple[str, str] = ("failed", "generation_failed")  # what the observer hears if nothing else is known
 
         def stop_now() -> bool:
-            return self.drain.stopping or (should_stop is not None and should_stop())
+            return self.drain.stopping or session.disposed or (should_stop is not None and should_stop())
 
         try:
             try:
-                result = self.engine.submit(request, on_step, stop_now).result()
-                save_started = time.perf_counter()
-                files = self._save(result, session)
+                result = self.engine.submit(request, on_step, stop_now, on_phase).result()
+                with session.lock:
+                    if session.disposed:  # ended during the last step: nothing of this job may stay
+                        steps = request.num_inference_steps
+                        raise GenerationStopped(steps, steps)
+                    save_started = time.perf_counter()
+                    files = self._save(result, session)
+                    outcome = self._record(request, result, session, files, queue_s, started, save_started)
             except EngineError as exc:
                 stopped = exc.key == "status.stopped"
                 session.record(
@@ -225,9 +240,33 @@ class GenerationService:
             if self.observer is not None:
                 if ending[0] == "done":
                     t = result.timings
-                    self.observer.ended("done", "", t.model_s, t.per_step_s, len(files))
+                    self.observer.ended("done", "", t.model_s, t.per_step_s, len(outcome.files))
                 else:
                     self.observer.ended(*ending)
+        t = result.timings
+        log.info(
+            "generated %d image(s) %dx%d, %d steps on %s: model %.2f s, total %.2f s",
+            len(outcome.files),
+            request.width,
+            request.height,
+            request.num_inference_steps,
+            result.worker,
+            t.model_s,
+            outcome.details["timings"]["total_s"],
+        )
+        return outcome
+
+    def _record(
+        self,
+        request: GenerationRequest,
+        result: GenerationResult,
+        session: Session,
+        files: list[str],
+        queue_s: float,
+        started: float,
+        save_started: float,
+    ) -> Outcome:
+        """The details, the session log line and the history entry of a finished job (under the session's lock)."""
         save_s = time.perf_counter() - save_started
         t = result.timings
         timings = round_timings(
@@ -244,6 +283,8 @@ class GenerationService:
             "final_prompt": result.final.prompt,
             "final_negative_prompt": result.final.negative_prompt,
             "model": self.model_name(),
+            "family": self.family.display_name,
+            "worker": result.worker,
             "timings": timings,
         }
         session.record("generated", **request.to_dict(), seed_used=result.seed, images=len(files), timings=timings)
@@ -258,22 +299,18 @@ class GenerationService:
         if session.keep_history:
             session.drop_expired(self.settings.file_ttl)
             session.add_history(entry)
-        log.info(
-            "generated %d image(s) %dx%d, %d steps: model %.2f s, total %.2f s",
-            len(files),
-            request.width,
-            request.height,
-            request.num_inference_steps,
-            t.model_s,
-            timings["total_s"],
-        )
         return Outcome(files=files, seed=result.seed, details=details)
 
     def _save(self, result: GenerationResult, session: Session) -> list[str]:
         parameters = None
         if session.embed_metadata:
             parameters = a1111_parameters(
-                result.final.prompt, result.final.negative_prompt, result.request, result.seed, self.model_name()
+                result.final.prompt,
+                result.final.negative_prompt,
+                result.request,
+                result.seed,
+                self.model_name(),
+                self.family.sampler,
             )
         if not session.keep_history:
             session.clear_history()  # only the result on screen is kept, until the next one

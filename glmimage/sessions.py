@@ -2,18 +2,21 @@
 
 A :class:`Session` lives only in the visitor's ``gr.State`` (server memory). Its images are written to one
 folder of its own under Gradio's temporary folder, and :meth:`Session.dispose` deletes that folder when the
-session ends (tab closed, time-to-live passed, New session), so nothing outlives the visit.
+session ends (tab closed, time-to-live passed, New session), so nothing outlives the visit. A job still running
+then stops at its next step and saves nothing: once disposed, a session takes no file, history entry or log line.
+Changes to a session (a finishing job, clear, privacy toggles, dispose) are serialised by its ``lock``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,17 @@ class Session:
     started: float = 0.0
     # time.monotonic() of the last Stop press: jobs queued before it stop at their next step.
     stop_requested_at: float = float("-inf")
+    # True once the session ended: its running job stops, and nothing is written into it any more.
+    disposed: bool = False
+
+    def __post_init__(self) -> None:
+        # Not a dataclass field: Gradio copies a State's value field by field (dataclasses.asdict), and a lock
+        # cannot be copied. Re-entrant: a change may call another (clear_history inside dispose).
+        self.lock = threading.RLock()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Session:
+        """Gradio deep-copies the default Session into every new visit; each copy gets a lock of its own."""
+        return Session(**{f.name: copy.deepcopy(getattr(self, f.name), memo) for f in fields(self)})
 
     def _begin(self) -> None:
         if not self.id:
@@ -100,50 +114,67 @@ class Session:
         return Path(self.files_root) / f"session-{self.id}"
 
     def new_file(self, suffix: str = ".png") -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return self.folder / f"{uuid.uuid4().hex}{suffix}"
+        """A new file name in the session's folder (created if needed). Refused once the session ended, so its
+        folder, deleted by :meth:`dispose`, never comes back."""
+        with self.lock:
+            if self.disposed:
+                raise SessionEnded(self.id)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            return self.folder / f"{uuid.uuid4().hex}{suffix}"
 
     def record(self, event: str, **details: Any) -> dict[str, Any]:
         """Append one event to the session log (bounded: the oldest entries go first). With "keep history" off
-        the log keeps what happened but not the prompt text."""
-        self._begin()
-        if not self.keep_history:
-            details = _without_prompts(details)
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()), "event": event, **details}
-        self.log.append(entry)
-        del self.log[:-MAX_LOG_ENTRIES]
-        return entry
+        the log keeps what happened but not the prompt text. Nothing is kept once the session ended."""
+        with self.lock:
+            self._begin()
+            if not self.keep_history:
+                details = _without_prompts(details)
+            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()), "event": event, **details}
+            if not self.disposed:
+                self.log.append(entry)
+                del self.log[:-MAX_LOG_ENTRIES]
+            return entry
 
     def add_history(self, entry: HistoryEntry) -> None:
         """Newest first, at most MAX_HISTORY_ENTRIES; the files of entries that fall off are deleted."""
-        self.history.insert(0, entry)
-        for dropped in self.history[MAX_HISTORY_ENTRIES:]:
-            _delete_files(dropped.files)
-        del self.history[MAX_HISTORY_ENTRIES:]
+        with self.lock:
+            if self.disposed:
+                _delete_files(entry.files)
+                return
+            self.history.insert(0, entry)
+            for dropped in self.history[MAX_HISTORY_ENTRIES:]:
+                _delete_files(dropped.files)
+            del self.history[MAX_HISTORY_ENTRIES:]
 
     def drop_expired(self, max_age_s: float, now: float | None = None) -> None:
         """Forget entries whose files the temp-file clean-up has deleted or is about to."""
         now = time.time() if now is None else now
-        expired = [e for e in self.history if now - e.created >= max_age_s]
-        for entry in expired:
-            _delete_files(entry.files)
-        self.history = [e for e in self.history if e not in expired]
+        with self.lock:
+            expired = [e for e in self.history if now - e.created >= max_age_s]
+            for entry in expired:
+                _delete_files(entry.files)
+            self.history = [e for e in self.history if e not in expired]
 
     def clear_history(self) -> int:
         """Delete every history entry and every image file of this session; returns how many entries went."""
-        count = len(self.history)
-        self.history.clear()
-        shutil.rmtree(self.folder, ignore_errors=True)
-        return count
+        with self.lock:
+            count = len(self.history)
+            self.history.clear()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return count
 
     def forget_prompts(self) -> None:
         """With "keep history" turned off, the log's earlier entries lose their prompt text too."""
-        self.log = [_without_prompts(entry) for entry in self.log]
+        with self.lock:
+            self.log = [_without_prompts(entry) for entry in self.log]
 
     def dispose(self) -> None:
-        """The session is over: drop everything it kept (called by Gradio when the state expires)."""
-        self.clear_history()
-        self.log.clear()
+        """The session is over: drop everything it kept (called by Gradio when the state expires). A job still
+        running stops at its next step (it asks :attr:`disposed`) and saves nothing."""
+        with self.lock:
+            self.disposed = True
+            self.clear_history()
+            self.log.clear()
 
     def log_json(self) -> str:
         self._begin()
@@ -152,6 +183,10 @@ class Session:
             ensure_ascii=False,
             indent=2,
         )
+
+
+class SessionEnded(RuntimeError):
+    """Something tried to write into a session that has ended."""
 
 
 def _without_prompts(details: dict[str, Any]) -> dict[str, Any]:

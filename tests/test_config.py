@@ -149,3 +149,44 @@ def test_main_refuses_float16_with_exit_code_2_and_the_message(capsys):
 
     assert main(["--dtype", "float16"]) == 2
     assert "black images" in capsys.readouterr().err
+
+
+# ---- devices and flag combinations ---------------------------------------------------------------------------
+
+
+def test_devices_default_to_one_entry_and_concurrency_multiplies_the_entries():
+    assert settings().device_list == [] and settings().workers == 1
+    assert settings(["--concurrency", "2"]).workers == 2
+    s = settings(["--devices", "cuda:0, cuda:1", "--concurrency", "2"])
+    assert s.device_list == ["cuda:0", "cuda:1"] and s.workers == 4
+    assert settings(GLMIMAGE_DEVICES="cpu,cpu").workers == 2
+    assert settings(["--devices", "cuda"]).device_list == ["cuda:0"]
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--devices", "gpu0"], "'gpu0' is not a device"),
+        (["--devices", "cuda:0,,cuda:1"], "'' is not a device"),
+        (["--devices", "cuda:0,cpu"], "not both"),
+        (["--devices", "cpu", "--offload", "model"], "--offload model needs CUDA devices"),
+        (["--offload", "sequential", "--compile"], "Use --offload model with --compile"),
+        (["--offload", "sequential", "--quantize", "int8"], "Use --offload model with --quantize int8"),
+    ],
+)
+def test_a_combination_that_cannot_run_is_refused_at_start_with_the_reason(argv, words):
+    with pytest.raises(ValueError, match=words):
+        settings(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--cache", "--compile", "--quantize", "int8", "--devices", "cuda:0,cuda:1", "--concurrency", "2"],
+        ["--offload", "model", "--compile", "--cache", "--quantize", "int8"],
+        ["--offload", "sequential", "--cache", "--devices", "cuda:0,cuda:0"],
+        ["--cache", "--compile", "--quantize", "int8", "--devices", "cpu,cpu"],
+    ],
+)
+def test_supported_combinations_are_accepted(argv):
+    assert settings(argv).workers >= 1

@@ -1,7 +1,8 @@
 """The core without Gradio: LocalEngine on the tiny model (512x512, 2 steps), and GenerationService around it.
 
-One request in, one result out: the images asked for, the seed used, timings; a stop between steps; every failure
-turned into a message key.
+One request in, one result out: the images asked for, the seed used, timings, the worker it ran on; a stop between
+steps; every failure (raised inside the real pipeline call) turned into a message key; a pool of pipelines
+(``--devices cpu,cpu``) that runs two jobs at once, each on a pipeline of its own, from weights read once.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import CogView4Pipeline
+from inject import raising_in_every_worker
 from PIL import Image
 
 from glmimage import limits
 from glmimage.config import Settings
 from glmimage.engine import GenerationStopped, LocalEngine, pick_seed
 from glmimage.errors import EngineError, InputError, Refused
+from glmimage.models.accel import FastPaths
 from glmimage.models.loading import PipelineLoader
 from glmimage.requests import GenerationRequest
 from glmimage.service import GenerationService
@@ -59,34 +63,6 @@ def engine(loader, styles):
     engine = LocalEngine(loader, styles)
     yield engine
     engine.close()
-
-
-class FailingPipe:
-    """The real tiny pipeline (tokenizer and all), except that calling it fails the way the real one can."""
-
-    def __init__(self, pipe: object, error: BaseException) -> None:
-        self._pipe = pipe
-        self.error = error
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._pipe, name)
-
-    def __call__(self, **kwargs):
-        raise self.error
-
-
-class FailingLoader:
-    """The real, loaded loader, except that wait() hands out a FailingPipe."""
-
-    def __init__(self, loader: PipelineLoader, error: BaseException) -> None:
-        self._loader = loader
-        self._pipe = FailingPipe(loader.wait(0), error)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._loader, name)
-
-    def wait(self, timeout: float | None = None) -> object:
-        return self._pipe
 
 
 # ---- engine ----------------------------------------------------------------------------------------------------
@@ -201,31 +177,38 @@ def test_generations_run_on_one_long_lived_worker_thread(loader, styles):
     assert len(set(names)) == 1 and names[0].startswith("glmimage-gpu")
 
 
-def test_two_workers_give_the_same_pixels_as_one(loader, styles, engine):
+def test_two_workers_give_the_same_pixels_as_one(styles, engine):
     expected = pixels(engine.generate(request(seed=5)).images[0])
-    pair = LocalEngine(loader, styles, workers=2)
+    pair = LocalEngine(PipelineLoader("tiny", warmup=False, devices=["cpu", "cpu"]).start(), styles, workers=2)
     futures = [pair.submit(request(seed=5)) for _ in range(2)]
-    images = [future.result().images[0] for future in futures]
+    results = [future.result() for future in futures]
     pair.close()
-    assert all(np.array_equal(pixels(image), expected) for image in images)
+    assert all(np.array_equal(pixels(result.images[0]), expected) for result in results)
+    assert {result.worker for result in results} <= {"cpu:0", "cpu:1"}
 
 
 @pytest.mark.parametrize(
     "error, key",
     [
-        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "error.oom"),
-        (RuntimeError("CUDA error: out of memory"), "error.oom"),
-        (RuntimeError("expected scalar type Float but found BFloat16"), "error.generation_failed"),
-        (ValueError("something inside the pipeline"), "error.generation_failed"),
+        (lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "error.oom"),
+        (lambda: RuntimeError("CUDA error: out of memory"), "error.oom"),
+        (lambda: RuntimeError("expected scalar type Float but found BFloat16"), "error.generation_failed"),
+        (lambda: ValueError("something inside the pipeline"), "error.generation_failed"),
     ],
 )
-def test_pipeline_failures_become_engine_errors_with_a_message_key(loader, styles, error, key):
-    engine = LocalEngine(FailingLoader(loader, error), styles)
-    with pytest.raises(EngineError) as caught:
-        engine.submit(request()).result()
-    engine.close()
+def test_pipeline_failures_become_engine_errors_with_a_message_key(loader, engine, error, key):
+    # Raised inside the real pipeline call, at step 2 (the transformer's third call), not before it.
+    with raising_in_every_worker(loader.workers, error, at_call=3), pytest.raises(EngineError) as caught:
+        engine.submit(request(num_inference_steps=3)).result()
     assert caught.value.key == key
     assert not isinstance(caught.value, GenerationStopped)
+    assert engine.recent[-1].outcome == ("oom" if key == "error.oom" else "failed")
+    assert engine.recent[-1].steps_done == 1
+
+
+def test_the_engine_refuses_a_worker_count_other_than_the_loaders(loader, styles):
+    with pytest.raises(ValueError, match="expects 2 workers, but the loader builds 1"):
+        LocalEngine(loader, styles, workers=2)
 
 
 def test_a_model_that_failed_to_load_gives_its_reason_as_the_error_key(tmp_path, styles):
@@ -235,6 +218,75 @@ def test_a_model_that_failed_to_load_gives_its_reason_as_the_error_key(tmp_path,
     engine.close()
     assert caught.value.key == "load.bad_path"
     assert "missing" in caught.value.params["detail"]
+
+
+# ---- the pool: --devices cpu,cpu --------------------------------------------------------------------------------
+
+CACHE = FastPaths(cache_threshold=0.3)  # high enough that the cache really skips steps on the tiny weights
+CACHE_DTYPE = "float32"
+
+
+@pytest.fixture(scope="module")
+def cached_pair(styles):
+    loader = PipelineLoader("tiny", CACHE_DTYPE, CACHE, warmup=False, devices=["cpu", "cpu"]).start()
+    engine = LocalEngine(loader, styles)
+    yield engine
+    engine.close()
+
+
+def test_with_two_cpu_devices_two_jobs_run_at_once_on_two_pipelines_and_draw_what_a_fresh_one_draws(
+    styles, cached_pair
+):
+    both_running = threading.Barrier(2, timeout=60)  # broken (and the test failed) unless both run at once
+
+    def meet(done: int, _total: int) -> None:
+        if done == 1:
+            both_running.wait()
+
+    requests = [request(num_inference_steps=6), request(num_inference_steps=6, width=768)]
+    results = [future.result() for future in [cached_pair.submit(r, on_step=meet) for r in requests]]
+    first, second = cached_pair.recent[-2], cached_pair.recent[-1]
+    assert first.started < second.ended and second.started < first.ended  # their run times overlap
+    assert {result.worker for result in results} == {"cpu:0", "cpu:1"}
+
+    fresh = LocalEngine(PipelineLoader("tiny", CACHE_DTYPE, CACHE, warmup=False).start(), styles)
+    for result, sent in zip(results, requests, strict=True):
+        assert np.array_equal(pixels(result.images[0]), pixels(fresh.generate(sent).images[0]))
+    fresh.close()
+
+
+def test_a_stop_on_one_pipeline_of_the_pool_leaves_both_drawing_what_a_fresh_one_draws(styles, cached_pair):
+    with pytest.raises(GenerationStopped):
+        cached_pair.generate(request(num_inference_steps=6), should_stop=lambda: True)
+    stopped_on = cached_pair.recent[-1].worker
+    fresh = LocalEngine(PipelineLoader("tiny", CACHE_DTYPE, CACHE, warmup=False).start(), styles)
+    expected = pixels(fresh.generate(request(width=768, num_inference_steps=6)).images[0])
+    fresh.close()
+    again = [cached_pair.submit(request(width=768, num_inference_steps=6)) for _ in range(2)]
+    results = [future.result() for future in again]
+    assert stopped_on in {result.worker for result in results}
+    assert all(np.array_equal(pixels(result.images[0]), expected) for result in results)
+
+
+def test_the_weights_are_read_from_disk_once_and_pipelines_share_only_modules_without_state(monkeypatch):
+    reads: list[str] = []
+    real = CogView4Pipeline.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        reads.append(str(args[0]))
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(CogView4Pipeline, "from_pretrained", classmethod(counted))
+    for fast, own_transformer in ((CACHE, True), (FastPaths(), False)):
+        reads.clear()
+        loader = PipelineLoader("tiny", CACHE_DTYPE, fast, warmup=False, devices=["cpu", "cpu"]).start()
+        one, two = (worker.pipe for worker in loader.pool(120))
+        assert len(reads) == 1
+        # The text encoder and the VAE keep nothing between calls; the transformer with cache hooks does.
+        assert one.text_encoder is two.text_encoder and one.vae is two.vae
+        assert (one.transformer is not two.transformer) is own_transformer
+        # Per-call state is never shared: the scheduler's step index, the tokenizer (not thread-safe).
+        assert one.scheduler is not two.scheduler and one.tokenizer is not two.tokenizer
 
 
 def test_the_core_modules_never_import_gradio():
@@ -286,6 +338,7 @@ def test_service_run_saves_pngs_into_the_session_and_returns_seed_and_all_timing
     assert all(timings[name] > 0 for name in ("model_s", "per_step_s", "save_s", "total_s"))
     assert timings["total_s"] >= timings["queue_s"] + timings["model_s"]
     assert outcome.details["parameters"] == request(num_images=2).to_dict()
+    assert outcome.details["worker"] == "cpu:0"
     assert len(session.history) == 1 and session.history[0].files == outcome.files
     assert session.log[-1]["event"] == "generated"
 
@@ -294,10 +347,9 @@ def test_service_run_that_fails_leaves_the_history_unchanged_and_logs_the_failur
     session = Session(str(tmp_path))
     make_service(engine, styles).run(request(), session, queue_s=0)
     before = list(session.history)
-    failing = LocalEngine(FailingLoader(loader, torch.OutOfMemoryError("CUDA out of memory")), styles)
-    with pytest.raises(EngineError, match="error.oom"):
-        make_service(failing, styles).run(request(), session, queue_s=0)
-    failing.close()
+    out_of_memory = lambda: torch.OutOfMemoryError("CUDA out of memory")  # noqa: E731 - no GPU here to exhaust
+    with raising_in_every_worker(loader.workers, out_of_memory, at_call=2), pytest.raises(EngineError, match="oom"):
+        make_service(engine, styles).run(request(), session, queue_s=0)
     assert session.history == before
     assert session.log[-1]["event"] == "failed" and session.log[-1]["reason"] == "error.oom"
 
@@ -340,3 +392,20 @@ def test_service_rate_limit_refuses_the_request_over_the_limit_with_a_wait(engin
         service.admit(raw(), "1.2.3.4", "s1", 0)
     assert caught.value.key == "error.rate_limited" and caught.value.params["seconds"] >= 1
     service.admit(raw(), "5.6.7.8", "s2", 0)  # another visitor is not affected
+
+
+def test_service_run_of_a_session_ended_in_the_last_step_keeps_no_file_history_or_log_line(engine, styles, tmp_path):
+    session = Session(str(tmp_path))
+    make_service(engine, styles).run(request(num_inference_steps=1), session, queue_s=0)
+    folder = session.folder
+    assert folder.exists()
+
+    def end_session_at_the_last_step(done: int, total: int) -> None:
+        if done == total:
+            session.dispose()  # the tab closed while the last step ran: no stop is asked after the last step
+
+    with pytest.raises(GenerationStopped):
+        make_service(engine, styles).run(
+            request(num_inference_steps=2), session, queue_s=0, on_step=end_session_at_the_last_step
+        )
+    assert not folder.exists() and session.history == [] and session.log == []

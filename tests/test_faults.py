@@ -1,5 +1,6 @@
-"""Faults injected behind the real page, through the engine interface: the GPU runs out of memory, the pipeline
-raises, the disk is full, the visitor presses Stop or goes away. Each time the visitor reads a clear message
+"""Faults injected behind the real page, inside the real pipeline call: the GPU runs out of memory, the pipeline
+raises (both from a forward hook on a real transformer block), the disk is full, the visitor presses Stop or goes
+away. Each time the visitor reads a clear message
 (no traceback, no internal path), the session's history stays exactly as it was, the traceback goes to the
 server log without the prompt, and the next request succeeds.
 """
@@ -9,13 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
+from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
 import torch
 from conftest import request_kwargs
 from gradio_client.exceptions import AppError
+from inject import raising_in_every_worker
 from rawhttp import call, http_client, session_of, submit
 
 from glmimage.engine import GenerationResult, LocalEngine
@@ -23,57 +26,39 @@ from glmimage.engine import GenerationResult, LocalEngine
 SECRET_PROMPT = "a lighthouse painted by xyzzy-secret-words"
 
 
-class Sentinel:
-    """Stands for the activations a failing pipeline call leaves in its frames."""
-
-
 class FaultyEngine(LocalEngine):
-    """The real engine; its pipeline fails on demand, can run slowly, and every call is recorded."""
+    """The real engine; its pipeline fails on demand INSIDE the real call (a forward hook on a real transformer
+    block raises at step 2), its steps can run slowly, and every call is recorded."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fail_next: BaseException | None = None  # raised by the next pipeline call
+        self.fail_next: Callable[[], BaseException] | None = None  # makes the error the next call raises
         self.disk_full_next = False  # the next result's images cannot be saved
         self.step_delay = 0.0
         self.calls: list[dict[str, Any]] = []  # one per pipeline call: prompt, steps done, total
-        self.activations: weakref.ref | None = None  # the Sentinel of the last failing call
+        self.failure: dict[str, Any] = {}  # the injected failure's state: "activations", what its frame held
 
-    def take_failure(self) -> BaseException:
+    def generate(
+        self, request: Any, on_step: Any = None, should_stop: Any = None, on_phase: Any = None
+    ) -> GenerationResult:
+        record = {"prompt": request.prompt, "steps": 0, "total": request.num_inference_steps}
+        self.calls.append(record)
+
+        def on_step_end(done: int, total: int) -> None:
+            record["steps"] = done
+            time.sleep(self.step_delay)
+            if on_step is not None:
+                on_step(done, total)
+
         failure, self.fail_next = self.fail_next, None
-        return failure
-
-    def _pipeline(self) -> Any:
-        pipe, waited = super()._pipeline()
-        return FaultyPipe(self, pipe), waited
-
-    def generate(self, *args: Any, **kwargs: Any) -> GenerationResult:
-        result = super().generate(*args, **kwargs)
+        # At the transformer's 2nd call: the uncond pass of step 1, inside the loop even for 1-step jobs.
+        with raising_in_every_worker(self.loader.workers, failure, at_call=2) if failure else nullcontext({}) as state:
+            self.failure = state
+            result = super().generate(request, on_step_end, should_stop, on_phase)
         if self.disk_full_next:
             self.disk_full_next = False
             result.images = [FullDiskImage() for _ in result.images]
         return result
-
-
-class FaultyPipe:
-    def __init__(self, engine: FaultyEngine, pipe: Any) -> None:
-        self.engine = engine
-        self.pipe = pipe
-
-    def __call__(self, **kwargs: Any) -> Any:
-        record = {"prompt": kwargs.get("prompt"), "steps": 0, "total": kwargs["num_inference_steps"]}
-        self.engine.calls.append(record)
-        if self.engine.fail_next is not None:
-            activations = Sentinel()  # noqa: F841 - held by this frame, as tensors are in a real failure
-            self.engine.activations = weakref.ref(activations)
-            raise self.engine.take_failure()
-        inner = kwargs["callback_on_step_end"]
-
-        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            record["steps"] = step + 1
-            time.sleep(self.engine.step_delay)
-            return inner(pipe, step, timestep, tensors)
-
-        return self.pipe(**{**kwargs, "callback_on_step_end": on_step_end})
 
 
 class FullDiskImage:
@@ -115,7 +100,7 @@ def test_out_of_memory_gives_a_clear_message_frees_the_cuda_cache_and_the_next_r
 
     def empty_cache() -> None:
         # The cache can only give memory back once nothing holds the failed call's tensors.
-        emptied.append(engine.activations is not None and engine.activations() is None)
+        emptied.append(engine.failure.get("activations") is not None and engine.failure["activations"]() is None)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
@@ -124,7 +109,7 @@ def test_out_of_memory_gives_a_clear_message_frees_the_cuda_cache_and_the_next_r
     session = session_of(faulty.app.demo, client.session_hash)
     before = history_snapshot(session)
 
-    engine.fail_next = torch.OutOfMemoryError(
+    engine.fail_next = lambda: torch.OutOfMemoryError(
         "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.10 GiB "
         "total capacity) at /opt/torch/csrc/CUDACachingAllocator.cpp:1234"
     )
@@ -149,7 +134,7 @@ def test_pipeline_error_gives_a_clear_message_and_logs_the_traceback_without_the
     session = session_of(faulty.app.demo, client.session_hash)
     before = history_snapshot(session)
 
-    engine.fail_next = RuntimeError("boom in /opt/internal/kernels.py line 42")
+    engine.fail_next = lambda: RuntimeError("boom in /opt/internal/kernels.py line 42")
     with pytest.raises(AppError) as caught:
         client.predict(**fast(prompt=SECRET_PROMPT), api_name="/generate")
     message = str(caught.value)
@@ -186,7 +171,7 @@ def test_a_full_disk_while_saving_gives_a_clear_message_and_keeps_the_history(fa
 
 
 def test_an_error_response_over_plain_http_carries_no_traceback_or_path(faulty, engine):
-    engine.fail_next = RuntimeError("boom in /opt/internal/kernels.py line 42")
+    engine.fail_next = lambda: RuntimeError("boom in /opt/internal/kernels.py line 42")
     outcome = call(http_client(faulty.url), fast(prompt=SECRET_PROMPT))
     assert outcome.kind == "error"
     assert "failed because of an error on the server" in outcome.error

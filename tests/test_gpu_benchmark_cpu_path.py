@@ -111,3 +111,29 @@ def test_bad_arguments_are_refused_with_a_clear_message(monkeypatch, capsys, arg
         benchmark.parse_args(["--shrunk", "--device", "cpu", *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_correctness_pass_runs_on_cpu_and_finds_every_job_after_a_stop_or_oom_drawing_the_fresh_picture(tmp_path):
+    out = tmp_path / "gpu_correctness"
+    args = ["--correctness", "--shrunk", "--device", "cpu", "--size", "512x512", "--check-steps", "2"]
+    completed = _run([*args, "--sets", "plain,cache,offload", "--out", str(out)], tmp_path)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+    report = json.loads(Path(f"{out}.json").read_text(encoding="utf-8"))
+    checks = {c["flags"]: c for c in report["checks"]}
+    pools = ["plain, 2 pipelines (cpu,cpu)", "cache, 2 pipelines (cpu,cpu)"]
+    assert list(checks) == ["plain", "cache", "offload", *pools]
+    for name in ("plain", "cache"):
+        check = checks[name]
+        assert check["status"] == "ok", check
+        assert check["after_stop_max_diff"] == 0 and check["after_oom_max_diff"] == 0
+        assert check["oom_key"] == "error.oom"
+        assert check["stop_to_return_ms"] >= 0
+    # Stopping by raising returns before the decode; diffusers' _interrupt decodes first.
+    assert checks["plain"]["interrupt_to_return_ms"] > checks["plain"]["stop_to_return_ms"]
+    assert checks["offload"]["status"] == "skipped" and checks["offload"]["reason"] == "skipped: needs CUDA"
+    assert all(checks[pool]["two_pipelines_max_diff"] == 0 for pool in pools)
+
+    markdown = Path(f"{out}.md").read_text(encoding="utf-8")
+    assert "| flags | status |" in markdown and "| cache | ok |" in markdown
+    assert "| flags | status |" in completed.stdout

@@ -12,8 +12,18 @@ from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from glmimage.errors import ModelNotReady
 from glmimage.limits import DEFAULT_MODEL
-from glmimage.models.loading import ModelState, PipelineLoader, choose_dtype, choose_model, failure_key
+from glmimage.models.accel import FastPaths
+from glmimage.models.loading import (
+    ModelState,
+    PipelineLoader,
+    choose_dtype,
+    choose_model,
+    failure_key,
+    warmup_jobs,
+    worker_names,
+)
 from glmimage.models.tiny import TINY_MODEL_NAME
+from glmimage.requests import GenerationRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,6 +140,7 @@ def test_app_help_lists_every_flag_and_the_environment_prefix():
         "--host",
         "--port",
         "--concurrency",
+        "--devices",
         "--max-queue",
         "--max-jobs-per-client",
         "--rate-limit",
@@ -141,3 +152,44 @@ def test_app_help_lists_every_flag_and_the_environment_prefix():
     ):
         assert flag in result.stdout, flag
     assert "GLMIMAGE_" in result.stdout
+
+
+# ---- the pool and the warm-up ----------------------------------------------------------------------------------
+
+
+def test_worker_names_are_distinct_and_name_the_device():
+    assert worker_names(["cuda:0", "cuda:1"]) == ["cuda:0", "cuda:1"]
+    assert worker_names(["cpu", "cpu"]) == ["cpu:0", "cpu:1"]
+    assert worker_names(["cuda:0", "cuda:1", "cuda:0", "cuda:1"]) == ["cuda:0#0", "cuda:1#0", "cuda:0#1", "cuda:1#1"]
+
+
+def test_a_device_this_machine_lacks_fails_the_load_with_its_own_reason():
+    loader = PipelineLoader(TINY_MODEL_NAME, warmup=False, devices=["cuda:7"]).start()
+    with pytest.raises(ModelNotReady) as caught:
+        loader.wait(60)
+    assert caught.value.key == loader.error_key == "load.bad_device"
+    assert "cuda:7" in loader.error_detail
+
+
+def test_with_compile_the_warm_up_is_the_default_request_with_guidance_and_then_a_batch():
+    default = GenerationRequest(prompt="any")
+    first, batch = warmup_jobs(FastPaths(compile=True))
+    assert (first.width, first.height, first.num_images) == (default.width, default.height, default.num_images)
+    assert first.guidance_scale == default.guidance_scale > 1  # classifier-free guidance: the same step path
+    assert batch.num_images > 1 and batch.guidance_scale == default.guidance_scale
+    (small,) = warmup_jobs(FastPaths())
+    assert small.guidance_scale == default.guidance_scale
+
+
+def test_the_loader_says_warming_up_while_the_warm_up_runs_on_every_worker():
+    states: list[tuple[ModelState, str]] = []
+
+    class Watched(PipelineLoader):
+        def warm_up(self) -> None:
+            states.extend((self.state, worker.name) for worker in self.workers)
+            super().warm_up()
+
+    loader = Watched(TINY_MODEL_NAME, warmup=True, devices=["cpu", "cpu"]).start()
+    loader.wait(120)
+    assert states == [(ModelState.WARMING, "cpu:0"), (ModelState.WARMING, "cpu:1")]
+    assert loader.state is ModelState.READY

@@ -85,7 +85,7 @@ def test_maintenance_refuses_new_generations_with_its_text_lets_accepted_jobs_fi
     assert accepted.status_code == 200
     path.write_text("[en]\nUpgrading the GPU, back at 22:00.\n[zh]\n正在升级 GPU，22:00 恢复。\n", encoding="utf-8")
     _wait_for(lambda: client.get("/readyz").status_code == 503)
-    assert client.get("/readyz").json() == {"ready": False, "reasons": ["maintenance"]}
+    assert client.get("/readyz").json() == {"ready": False, "model_state": "ready", "reasons": ["maintenance"]}
 
     english = call(client, request_kwargs())
     assert english.kind == "refused"

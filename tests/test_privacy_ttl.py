@@ -27,10 +27,10 @@ SESSION_TTL, FILE_TTL = 2, 4
 class SlowForSlowPrompts(LocalEngine):
     """The real engine; a prompt containing "slow" first waits past the session TTL, as a long job would."""
 
-    def submit(self, request, on_step=None, should_stop=None):
+    def submit(self, request, on_step=None, should_stop=None, on_phase=None):
         if "slow" in request.prompt:
             time.sleep(SESSION_TTL + 1.5)
-        return super().submit(request, on_step, should_stop)
+        return super().submit(request, on_step, should_stop, on_phase)
 
 
 @pytest.fixture(scope="module")

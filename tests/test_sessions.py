@@ -13,7 +13,15 @@ from PIL import Image
 
 from glmimage.limits import MAX_HISTORY_ENTRIES, MAX_LOG_ENTRIES
 from glmimage.requests import GenerationRequest
-from glmimage.sessions import FileSweeper, HistoryEntry, Session, a1111_parameters, dispose_session, save_png
+from glmimage.sessions import (
+    FileSweeper,
+    HistoryEntry,
+    Session,
+    SessionEnded,
+    a1111_parameters,
+    dispose_session,
+    save_png,
+)
 
 REQUEST = GenerationRequest(
     prompt="a red apple",
@@ -179,3 +187,23 @@ def test_sweeper_deletes_expired_files_on_its_schedule_and_everything_at_close(t
     (root / "b.png").write_bytes(b"y")
     sweeper.close()
     assert not root.exists()
+
+
+def test_an_ended_session_takes_no_file_log_line_or_history_entry(tmp_path):
+    session = Session(str(tmp_path))
+    session.record("generated")
+    session.new_file().write_bytes(b"png")
+    session.dispose()
+    assert session.disposed and session.log == [] and not session.folder.exists()
+    session.record("generated")
+    with pytest.raises(SessionEnded):
+        session.new_file()
+    assert session.log == [] and not session.folder.exists()
+
+
+def test_every_visit_gets_its_own_copy_of_the_default_session_with_its_own_lock(tmp_path):
+    default = Session(str(tmp_path))
+    visit = copy.deepcopy(default)
+    assert visit == default and visit.lock is not default.lock
+    with visit.lock, visit.lock:  # re-entrant: a change may call another
+        visit.clear_history()

@@ -12,20 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import EngineError
+from ..errors import GenerationStopped
 from ..limits import MAX_SEED
 from ..requests import GenerationRequest
 from ..styles import StyledPrompt
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 StopCheck = Callable[[], bool]
+PhaseCallback = Callable[[str], None]  # a phase a model reports, e.g. GLM-Image's "planning"
 
-
-class GenerationStopped(EngineError):
-    """The visitor pressed Stop or went away: the job ended between two steps and freed the GPU."""
-
-    def __init__(self, steps_done: int, total: int) -> None:
-        super().__init__("status.stopped", step=steps_done, total=total)
+__all__ = ["Engine", "GenerationResult", "GenerationStopped", "StepCallback", "StopCheck", "Timings", "pick_seed"]
 
 
 @dataclass(frozen=True)
@@ -45,14 +41,21 @@ class GenerationResult:
     final: StyledPrompt
     images: list[Any]  # PIL images
     timings: Timings
+    worker: str = ""  # where it ran, e.g. "cuda:1" or "cpu:0"
 
 
 class Engine(Protocol):
     """What the UI needs from a backend."""
 
     def submit(
-        self, request: GenerationRequest, on_step: StepCallback | None = None, should_stop: StopCheck | None = None
-    ) -> concurrent.futures.Future[GenerationResult]: ...
+        self,
+        request: GenerationRequest,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+        on_phase: PhaseCallback | None = None,
+    ) -> concurrent.futures.Future[GenerationResult]:
+        """Run ``request``; ``on_step(done, total)`` after each step, ``on_phase(name)`` when a model reports a
+        phase (GLM-Image: "planning" before its steps), ``should_stop()`` asked between steps."""
 
     def count_tokens(self, text: str) -> int | None: ...
 
@@ -62,9 +65,3 @@ class Engine(Protocol):
 def pick_seed(request: GenerationRequest) -> int:
     """The seed to use: the request's, or a fresh random one that is reported back so the image can be remade."""
     return secrets.randbelow(MAX_SEED + 1) if request.randomize_seed else request.seed
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()

@@ -1,21 +1,24 @@
-"""GPU fast paths for the CogView4 pipeline, each off or on, applied in one place.
+"""GPU fast paths for the CogView4 pipeline, each off or on, applied in one place, and the pool of pipelines.
 
-The app's loader builds a ``FastPaths`` from its settings and calls ``prepare_pipeline`` once, after
-``CogView4Pipeline.from_pretrained``. The order of the steps matters and lives only here:
+The app's loader builds a ``FastPaths`` from its settings, loads the weights once, and calls ``pipelines_for``,
+which gives each device entry its own pipeline and applies ``prepare_pipeline`` to it. The order of the steps
+matters and lives only here:
 
 1. quantize (torchao int8 weight-only) the transformer and the text encoder, where the weights are;
 2. model/sequential CPU offload (CUDA only), or else ``pipe.to(device)``. With offload the pipeline is never moved
    to the GPU first: the whole model on a 24 GB card runs out of memory before offload could help;
 3. diffusers' first-block cache on the transformer;
-4. ``torch.compile`` of the transformer, last, so it compiles the module as it will run.
+4. ``torch.compile`` of the transformer, last, so it compiles the module as it will run. It compiles with dynamic
+   shapes, so prompts of any length and images of any size reuse one graph (one more for batches of 2-4 images):
+   the prompts are never padded beyond the pipeline's own multiple of 16, which would change the picture (the
+   text encoder runs without an attention mask, so pad tokens change the embeddings of the real ones).
 
-``bucketed_prompt_embeds`` encodes prompts like the pipeline does, but pads them to a few fixed lengths, so the
-compiled transformer sees a handful of shapes instead of one per prompt length.
+Combinations that cannot work are refused at start by ``glmimage.config.Settings`` (see the README's table).
 """
 
 from __future__ import annotations
 
-import itertools
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,9 +34,8 @@ logger = logging.getLogger(__name__)
 
 OFFLOAD_MODES = ("none", "model", "sequential")
 QUANTIZE_MODES = ("none", "int8")
-DEFAULT_PROMPT_BUCKETS = (128, 256, 512, 1024)
-# CogView4Pipeline pads every prompt to a multiple of 16 tokens; buckets stay on that grid.
-_PROMPT_LENGTH_MULTIPLE = 16
+# The components int8 quantizes unless told otherwise (CogView4's heavy ones; a family names its own).
+DEFAULT_QUANTIZED = ("transformer", "text_encoder")
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,13 @@ class FastPaths:
     Attributes:
         offload: "none"; "model" moves whole components to the GPU only while they run
             (``enable_model_cpu_offload``); "sequential" does it layer by layer (least memory, slowest).
-        compile: ``torch.compile`` of the transformer. The first generation (and each new shape) compiles.
+        compile: ``torch.compile`` of the transformer, with dynamic shapes. The warm-up compiles; a batch of
+            one image and a batch of several are one graph each, whatever the prompt length or image size.
         cache_threshold: > 0 turns on diffusers' first-block cache on the transformer with this threshold
             (higher skips more steps: faster, lower quality); 0 is off.
-        quantize: "int8" quantizes the linear weights of the transformer and the text encoder with torchao
-            int8 weight-only (about half the memory of bf16); "none" keeps them as loaded.
+        quantize: "int8" quantizes the linear weights of the family's heavy components (CogView4: the
+            transformer and the text encoder; GLM-Image: the AR model and the transformer) with torchao int8
+            weight-only (about half the memory of bf16); "none" keeps them as loaded.
     """
 
     offload: str = "none"
@@ -63,14 +67,22 @@ class FastPaths:
         if not self.cache_threshold >= 0.0:  # also rejects NaN
             raise ValueError(f"cache_threshold must be 0 (off) or positive, got {self.cache_threshold}.")
 
+    @property
+    def stateful_transformer(self) -> bool:
+        """Whether the transformer carries state between the steps of a call (cache hooks, a compiled graph), so
+        two pipelines must never share one."""
+        return self.cache_threshold > 0 or self.compile or self.offload != "none"
 
-def prepare_pipeline(pipe: CogView4Pipeline, device: torch.device, fast: FastPaths) -> None:
+
+def prepare_pipeline(
+    pipe: CogView4Pipeline, device: torch.device, fast: FastPaths, quantize: Sequence[str] = DEFAULT_QUANTIZED
+) -> None:
     """Place the pipeline on ``device`` with the chosen fast paths, in the one order that works.
 
     quantize -> offload (CUDA only; the pipeline is never moved to the GPU first) or ``pipe.to(device)`` -> cache
     -> compile. VAE slicing and tiling are always on: they cost little and keep large decodes from running out of
     memory. Raises ValueError when offload is asked for on a device that is not a CUDA GPU, and ImportError when
-    int8 is asked for without torchao.
+    int8 is asked for without torchao. ``quantize`` names the components int8 shrinks.
     """
     import torch
 
@@ -82,8 +94,8 @@ def prepare_pipeline(pipe: CogView4Pipeline, device: torch.device, fast: FastPat
         )
 
     if fast.quantize == "int8":
-        _quantize_int8(pipe.transformer)
-        _quantize_int8(pipe.text_encoder)
+        for name in quantize:
+            _quantize_int8(getattr(pipe, name))
 
     if fast.offload == "model":
         pipe.enable_model_cpu_offload(device=device)
@@ -101,12 +113,69 @@ def prepare_pipeline(pipe: CogView4Pipeline, device: torch.device, fast: FastPat
         pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=fast.cache_threshold))
 
     if fast.compile:
+        import torch.fx.experimental._config as fx_config
+
+        # Dynamic shapes, without "duck sizing": otherwise a prompt of 16 tokens (as long as the 16 latent
+        # channels) or a text as long as the latent side ties two sizes together, and the next prompt recompiles.
+        # Process-wide, read when a graph is compiled; tests/test_accel.py fails if a prompt length recompiles.
+        fx_config.use_duck_shape = False
         # In place (nn.Module.compile), so the pipeline keeps its CogView4Transformer2DModel with its config,
         # dtype and cache_context; a wrapper from torch.compile(module) would hide them.
-        pipe.transformer.compile()
+        pipe.transformer.compile(dynamic=True)
+
+
+def pipelines_for(
+    pipe: CogView4Pipeline,
+    devices: Sequence[torch.device],
+    fast: FastPaths,
+    quantize: Sequence[str] = DEFAULT_QUANTIZED,
+) -> list[CogView4Pipeline]:
+    """One prepared pipeline per entry of ``devices``, from ``pipe`` as loaded (on the CPU, no fast path yet), so
+    the weights are read from disk once per process however many pipelines there are.
+
+    Nothing that keeps state during a call is shared between two pipelines: each has its own pipeline object and
+    its own copy of every component that is not a module (scheduler: step index, sigmas; tokenizer: a Rust
+    tokenizer refuses concurrent use; GLM-Image's processor). The first pipeline of a device has its own modules; a
+    further pipeline on the same device shares the others (they keep no state between calls) and has its own
+    transformer when that carries per-call state (cache hooks, a compiled graph), and with offload its own copy of
+    everything (offload hooks belong to one pipeline). A module is deep-copied before any fast path touches it;
+    its last user takes ``pipe``'s own.
+    """
+    import torch
+
+    modules = [name for name, part in pipe.components.items() if isinstance(part, torch.nn.Module)]
+    owns: list[dict[str, bool]] = []
+    seen: set[torch.device] = set()
+    for device in devices:
+        first = device not in seen
+        seen.add(device)
+        own = {name: first or fast.offload != "none" for name in modules}
+        own["transformer"] = own["transformer"] or fast.stateful_transformer
+        owns.append(own)
+    uses_left = {name: sum(own[name] for own in owns) for name in modules}
+    by_device: dict[torch.device, dict[str, torch.nn.Module]] = {}
+    pipelines = []
+    for device, own in zip(devices, owns, strict=True):
+        parts = {name: copy.deepcopy(part) for name, part in pipe.components.items() if name not in modules}
+        for name in modules:
+            if own[name]:
+                uses_left[name] -= 1
+                original = getattr(pipe, name)
+                parts[name] = original if uses_left[name] == 0 else copy.deepcopy(original)
+                by_device.setdefault(device, {}).setdefault(name, parts[name])
+            else:
+                parts[name] = by_device[device][name]
+        worker_pipe = type(pipe)(**parts)
+        worker_pipe.set_progress_bar_config(disable=True)
+        prepare_pipeline(worker_pipe, device, fast, quantize)
+        pipelines.append(worker_pipe)
+    return pipelines
 
 
 def _quantize_int8(module: torch.nn.Module) -> None:
+    """Quantize the linear weights, once: a module shared by two pipelines of one device is quantized already."""
+    if any(type(weight).__module__.startswith("torchao") for weight in module.parameters()):
+        return
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError as error:
@@ -114,61 +183,6 @@ def _quantize_int8(module: torch.nn.Module) -> None:
             "int8 quantization needs torchao, which is not installed (pip install torchao). Or set quantize to 'none'."
         ) from error
     quantize_(module, Int8WeightOnlyConfig())
-
-
-def bucketed_prompt_embeds(
-    pipe: CogView4Pipeline,
-    prompts: list[str],
-    device: torch.device,
-    dtype: torch.dtype,
-    max_sequence_length: int = 1024,
-    buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
-) -> torch.Tensor:
-    """Encode prompts like ``CogView4Pipeline._get_glm_embeds``, but left-padded to a fixed bucket length.
-
-    The pipeline pads to the next multiple of 16, so every prompt length is a new shape and ``torch.compile``
-    recompiles. Here the token ids are left-padded with the pad token (as the pipeline does) up to the smallest
-    bucket that holds them. Returns the text encoder's ``hidden_states[-2]``, shape (len(prompts), bucket, hidden),
-    to pass as ``prompt_embeds`` / ``negative_prompt_embeds``.
-    """
-    import torch
-
-    if isinstance(prompts, str) or not prompts:
-        raise ValueError("prompts must be a non-empty list of strings.")
-    buckets = tuple(buckets)
-    on_grid = all(b > 0 and b % _PROMPT_LENGTH_MULTIPLE == 0 for b in buckets)
-    increasing = all(a < b for a, b in itertools.pairwise(buckets))
-    if not buckets or not on_grid or not increasing:
-        raise ValueError(f"buckets must be increasing positive multiples of {_PROMPT_LENGTH_MULTIPLE}, got {buckets}.")
-    if buckets[-1] < max_sequence_length:
-        raise ValueError(
-            f"The largest bucket ({buckets[-1]}) must hold max_sequence_length ({max_sequence_length}) tokens."
-        )
-
-    text_inputs = pipe.tokenizer(
-        prompts,
-        padding="longest",
-        max_length=max_sequence_length,
-        truncation=True,
-        add_special_tokens=True,
-        return_tensors="pt",
-    )
-    input_ids = text_inputs.input_ids
-    longest = max(token_count(pipe.tokenizer, prompt) for prompt in prompts)
-    if longest > max_sequence_length:
-        logger.warning(
-            "A prompt has %d tokens; only the first %d are used (max_sequence_length).", longest, max_sequence_length
-        )
-
-    length = input_ids.shape[1]
-    bucket = next(b for b in buckets if b >= length)
-    pad_ids = torch.full(
-        (input_ids.shape[0], bucket - length), fill_value=pipe.tokenizer.pad_token_id, dtype=input_ids.dtype
-    )
-    input_ids = torch.cat([pad_ids, input_ids], dim=1)
-    with torch.no_grad():
-        hidden_states = pipe.text_encoder(input_ids.to(device), output_hidden_states=True).hidden_states
-    return hidden_states[-2].to(dtype=dtype, device=device)
 
 
 def token_count(tokenizer, prompt: str) -> int:

@@ -182,3 +182,27 @@ def family_of_model(model: str | os.PathLike[str]) -> Family:
     except FileNotFoundError:
         pipeline_class = ""
     return family_for_pipeline(str(pipeline_class))
+
+
+def expected_family(model: str | None, tiny_families: dict[str, Family]) -> Family:
+    """The family the page is built for, known at start-up without loading anything (and without the network):
+    the default model and the tiny test models by name, a published model by its hub id, a local folder or a cached
+    hub id by its ``model_index.json``. An unknown hub id that is not cached yet is taken as CogView4 (the app's
+    own default); the loader reads the real ``model_index.json`` and refuses a model of another family, so the page
+    never offers what the model cannot do."""
+    if model is None:
+        return COGVIEW4
+    if model in tiny_families:
+        return tiny_families[model]
+    for family in FAMILIES:
+        if model == family.hub_id:
+            return family
+    if os.path.isdir(model):
+        return family_of_model(model)
+    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "model_index.json")
+        if isinstance(cached, str):
+            return family_of_model(Path(cached).parent)
+    return COGVIEW4

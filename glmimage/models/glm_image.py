@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EngineError
+from ..errors import GenerationStopped
 from .families import GLM_IMAGE, SizeRules
+from .run import Job, PhaseCallback, StepCallback, StepEnd, StopCheck, run_pipeline
 
 if TYPE_CHECKING:
     import torch
@@ -41,19 +42,9 @@ if TYPE_CHECKING:
 PLANNING = "planning"
 DENOISING = "denoising"
 
-PhaseCallback = Callable[[str], None]
-StepCallback = Callable[[int, int], None]  # (steps done, total steps)
-StopCheck = Callable[[], bool]
 
-
-class StopRequested(EngineError):
-    """``should_stop()`` said yes: the job ended after ``step`` of ``total`` denoising steps (0: while planning).
-
-    Its key is the one every stopped job carries ("status.stopped"), so the service and the page treat it as a
-    stop, not a failure."""
-
-    def __init__(self, steps_done: int, total: int) -> None:
-        super().__init__("status.stopped", step=steps_done, total=total)
+# A stop in either phase is the stop every job ends with ("status.stopped", 0 steps while planning).
+StopRequested = GenerationStopped
 
 
 _locks_guard = threading.Lock()
@@ -199,6 +190,61 @@ def plan_edit(
     return prior_token_ids, [torch.cat(upsampled, dim=0)], [picture_grids]
 
 
+def call_glm_image(
+    pipe: GlmImagePipeline,
+    job: Job,
+    *,
+    step_end: StepEnd,
+    on_phase: PhaseCallback | None,
+    should_stop: StopCheck | None,
+) -> list[Image.Image]:
+    """GLM-Image's :data:`~glmimage.models.run.PipelineCall`: plan (the AR model writes the image tokens; no
+    step callback there, so Stop is checked before each token), then denoise with ``step_end`` after each step.
+
+    ``job.images`` (RGB, e.g. from ``glmimage.images``) makes it an edit; each is first fitted to a size the
+    pipeline reads as it is (:func:`reference_rules`). The plan is written once and shared by the
+    ``job.num_images`` pictures, which differ by their denoising noise, as in diffusers. The clean-up on every exit
+    is :func:`~glmimage.models.run.run_pipeline`'s."""
+    import torch
+
+    total = job.steps
+    device = pipe._execution_device
+    pictures = [fit_reference(image, pipe) for image in job.images]
+    if should_stop is not None and should_stop():
+        raise StopRequested(0, total)
+    if on_phase is not None:
+        on_phase(PLANNING)
+    with (
+        torch.no_grad(),
+        seeded_sampling(device, job.seed),
+        _stop_between_tokens(pipe.vision_language_encoder, should_stop, total),
+    ):
+        if pictures:
+            plan = plan_edit(pipe, job.prompt, pictures, job.height, job.width, device)
+        else:
+            plan = pipe.generate_prior_tokens(prompt=job.prompt, height=job.height, width=job.width, device=device)
+    if should_stop is not None and should_stop():
+        raise StopRequested(0, total)
+    if on_phase is not None:
+        on_phase(DENOISING)
+    prior_token_ids, picture_token_ids, picture_grids = plan
+    output = pipe(
+        prompt=job.prompt,
+        image=pictures or None,
+        height=job.height,
+        width=job.width,
+        num_inference_steps=total,
+        guidance_scale=job.guidance_scale,
+        num_images_per_prompt=job.num_images,
+        generator=torch.Generator("cpu").manual_seed(job.seed),
+        prior_token_ids=prior_token_ids,
+        prior_token_image_ids=picture_token_ids,
+        source_image_grid_thw=picture_grids,
+        callback_on_step_end=step_end,
+    )
+    return list(output.images)
+
+
 def run_glm_image(
     pipe: GlmImagePipeline,
     *,
@@ -214,62 +260,8 @@ def run_glm_image(
     on_step: StepCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> list[Image.Image]:
-    """Run GLM-Image for one request and return its ``num_images`` pictures of ``width`` x ``height``.
-
-    ``images`` (RGB, e.g. from ``glmimage.images``) makes it an edit; each is first fitted to a size the pipeline
-    reads as it is (:func:`reference_rules`). The plan (image tokens) is written once and shared by the
-    ``num_images`` pictures, which differ by their denoising noise, as in diffusers. Raises :class:`StopRequested`
-    when ``should_stop()`` turns true; any other failure propagates (the caller words it).
-    """
-    import torch
-
-    total = num_inference_steps
-    device = pipe._execution_device
-    pictures = [fit_reference(image, pipe) for image in images]
-    finished = False
-    try:
-        if should_stop is not None and should_stop():
-            raise StopRequested(0, total)
-        if on_phase is not None:
-            on_phase(PLANNING)
-        with (
-            torch.no_grad(),
-            seeded_sampling(device, seed),
-            _stop_between_tokens(pipe.vision_language_encoder, should_stop, total),
-        ):
-            if pictures:
-                plan = plan_edit(pipe, prompt, pictures, height, width, device)
-            else:
-                plan = pipe.generate_prior_tokens(prompt=prompt, height=height, width=width, device=device)
-        if should_stop is not None and should_stop():
-            raise StopRequested(0, total)
-        if on_phase is not None:
-            on_phase(DENOISING)
-
-        def step_end(_pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step(step + 1, total)
-            if should_stop is not None and step + 1 < total and should_stop():
-                raise StopRequested(step + 1, total)
-            return kwargs
-
-        prior_token_ids, picture_token_ids, picture_grids = plan
-        output = pipe(
-            prompt=prompt,
-            image=pictures or None,
-            height=height,
-            width=width,
-            num_inference_steps=total,
-            guidance_scale=guidance_scale,
-            num_images_per_prompt=num_images,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            prior_token_ids=prior_token_ids,
-            prior_token_image_ids=picture_token_ids,
-            source_image_grid_thw=picture_grids,
-            callback_on_step_end=step_end,
-        )
-        finished = True  # __call__ ended with its own maybe_free_model_hooks()
-        return list(output.images)
-    finally:
-        if not finished:
-            pipe.maybe_free_model_hooks()
+    """Run GLM-Image for one request through :func:`~glmimage.models.run.run_pipeline` and return its
+    ``num_images`` pictures of ``width`` x ``height``. Raises :class:`StopRequested` when ``should_stop()`` turns
+    true, ``EngineError`` ("error.oom", "error.generation_failed") when the call fails."""
+    job = Job(prompt, "", width, height, num_images, num_inference_steps, guidance_scale, seed, tuple(images))
+    return run_pipeline(pipe, job, call=call_glm_image, on_step=on_step, on_phase=on_phase, should_stop=should_stop)

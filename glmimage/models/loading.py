@@ -1,9 +1,10 @@
 """The one place that loads the pipeline (CogView4 or GLM-Image, as the model folder says): once, in the
 background, shared by every session.
 
-The page comes up at once; the model loads on its own thread and reports its state (loading / ready / failed
-with the reason). A generation asked for while loading waits. A failed load leaves the server up and says what
-to do.
+The page comes up at once; the model loads on its own thread and reports its state (loading / warming up /
+ready / failed with the reason). The weights are read from disk once, then every ``--devices`` entry (times
+``--concurrency``) gets a pipeline of its own: a :class:`Worker`. A generation asked for before the model is
+ready waits. A failed load leaves the server up and says what to do.
 """
 
 from __future__ import annotations
@@ -13,26 +14,74 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import AppError, ModelNotReady
+from ..errors import EngineError, ModelNotReady
 from ..limits import DEFAULT_MODEL
-from .accel import FastPaths, prepare_pipeline
-from .families import Family, family_of_model
+from .accel import FastPaths, pipelines_for
+from .families import COGVIEW4, GLM_IMAGE, Family, family_of_model
+from .glm_image import call_glm_image
+from .run import Job, PipelineCall, call_cogview4, run_pipeline
 from .tiny import TINY_MODEL_NAME, ensure_tiny_model
 from .tiny_glm import TINY_GLM_MODEL_NAME, ensure_tiny_glm_model
 
-# Test models built offline into --cache-dir on first use, by name.
+# Test models built offline into --cache-dir on first use, by name, and the family each one is.
 TINY_BUILDERS = {TINY_MODEL_NAME: ensure_tiny_model, TINY_GLM_MODEL_NAME: ensure_tiny_glm_model}
+TINY_FAMILIES = {TINY_MODEL_NAME: COGVIEW4, TINY_GLM_MODEL_NAME: GLM_IMAGE}
+# Each family's pipeline call (glmimage.models.run.PipelineCall), by the family's key.
+PIPELINE_CALLS: dict[str, PipelineCall] = {COGVIEW4.key: call_cogview4, GLM_IMAGE.key: call_glm_image}
 
 log = logging.getLogger("glmimage.loading")
 
 
 class ModelState(enum.StrEnum):
     LOADING = "loading"
+    WARMING = "warming"  # loaded; the warm-up generation (with --compile: the compilation) is running
     READY = "ready"
     FAILED = "failed"
+
+
+class DeviceUnavailable(ValueError):
+    """A ``--devices`` entry this machine does not have."""
+
+
+@dataclass
+class Worker:
+    """One pipeline of the pool: the device it runs on and the name results carry (``"worker"``)."""
+
+    name: str
+    device: Any  # torch.device
+    pipe: Any
+    call: PipelineCall = call_cogview4  # the family's pipeline call, for glmimage.models.run.run_pipeline
+
+
+def worker_names(devices: Sequence[str]) -> list[str]:
+    """Distinct names for the pool's pipelines: a CUDA device listed once keeps its name ("cuda:1"), one listed
+    several times gets "#k" ("cuda:0#0", "cuda:0#1"); CPU pipelines are numbered in order ("cpu:0", "cpu:1")."""
+    names = []
+    cpu = 0
+    for index, device in enumerate(devices):
+        if device.startswith("cpu"):
+            names.append(f"cpu:{cpu}")
+            cpu += 1
+        elif devices.count(device) == 1:
+            names.append(device)
+        else:
+            names.append(f"{device}#{devices[:index].count(device)}")
+    return names
+
+
+def warmup_jobs(fast: FastPaths, family: Family = COGVIEW4) -> list[Job]:
+    """The warm-up generations. With ``--compile``, the family's default request (its default size and guidance,
+    so the classifier-free-guidance step path, one image) and a batch of two: the two graphs every later request
+    reuses, so the first visitor pays no compilation. Without it, one small job on the same step path."""
+    guidance, small = family.default_guidance, family.sizes.min_side
+    if not fast.compile:
+        return [Job("warm-up", "", small, small, 1, 2, guidance, 0)]
+    width, height = family.default_size
+    return [Job("warm-up", "", width, height, 1, 2, guidance, 0), Job("warm-up", "", small, small, 2, 2, guidance, 0)]
 
 
 @dataclass(frozen=True)
@@ -61,8 +110,12 @@ def choose_dtype(requested: str, device_type: str) -> str:
 
 def failure_key(exc: BaseException, model: str) -> str:
     """Turn a loading error into a message key that says what to do."""
-    if isinstance(exc, AppError):  # already worded (e.g. a model of a family GLM Image does not run)
+    if isinstance(exc, ModelNotReady):  # already worded (e.g. a model of a family GLM Image does not run)
         return exc.key
+    if isinstance(exc, DeviceUnavailable):
+        return "load.bad_device"
+    if isinstance(exc, EngineError) and exc.key == "error.oom":  # the warm-up ran out of memory
+        return "load.oom"
     text = f"{type(exc).__name__}: {exc}"
     if "OutOfMemory" in text or "out of memory" in text.lower():
         return "load.oom"
@@ -91,8 +144,23 @@ def failure_key(exc: BaseException, model: str) -> str:
     return "load.failed"
 
 
+def resolve_devices(entries: Sequence[str], concurrency: int) -> list[Any]:
+    """The pool's devices: each ``--devices`` entry (default: the first CUDA device, else the CPU), ``concurrency``
+    times, interleaved (cuda:0, cuda:1, cuda:0, cuda:1) so that jobs spread over the devices first."""
+    import torch
+
+    entries = list(entries) or ["cuda:0" if torch.cuda.is_available() else "cpu"]
+    for entry in entries:
+        if entry.startswith("cuda"):
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if torch.device(entry).index >= count:
+                raise DeviceUnavailable(f"--devices names {entry}, but this machine has {count} CUDA device(s)")
+    return [torch.device(entry) for _ in range(concurrency) for entry in entries]
+
+
 class PipelineLoader:
-    """Loads the pipeline once on a background thread; ``wait()`` hands the same object to every caller."""
+    """Loads the pipeline once on a background thread; ``wait()`` hands the same object to every caller and
+    ``pool()`` the workers (one pipeline per device entry)."""
 
     def __init__(
         self,
@@ -102,15 +170,25 @@ class PipelineLoader:
         *,
         warmup: bool = True,
         cache_dir: str | None = None,
+        devices: Sequence[str] = (),
+        concurrency: int = 1,
+        expected_family: Family | None = None,
     ) -> None:
         self.requested_model = model
         self.requested_dtype = dtype
+        self.requested_devices = list(devices)
+        self.concurrency = concurrency
         # Known once the loading thread has imported torch (so the page does not wait for that import).
-        self.device: Any = None  # torch.device
+        self.device: Any = None  # torch.device of the first worker
+        self.devices: list[Any] = []
+        self.workers: list[Worker] = []
+        self.tokenizer: Any = None  # for counting tokens outside the workers
         self.choice: ModelChoice | None = None
         self.dtype_name: str | None = None
-        # The model's row of the capability table, known once its model_index.json has been read.
+        # The model's row of the capability table, known once its model_index.json has been read; the page was
+        # built for ``expected_family`` (see families.expected_family), and a model of another family is refused.
         self.family: Family | None = None
+        self.expected_family = expected_family
         self.fast = fast or FastPaths()
         self.warmup = warmup
         self.cache_dir = cache_dir
@@ -118,7 +196,6 @@ class PipelineLoader:
         self.error_key = ""
         self.error_detail = ""
         self.load_seconds: float | None = None
-        self._pipe: Any = None
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -129,13 +206,23 @@ class PipelineLoader:
             self._thread.start()
         return self
 
-    def wait(self, timeout: float | None = None) -> Any:
-        """The loaded pipeline; raises :class:`ModelNotReady` if loading failed or took longer than ``timeout``."""
+    @property
+    def worker_count(self) -> int:
+        """How many pipelines the pool will have, known before loading (the queue's concurrency limit)."""
+        return max(1, len(self.requested_devices)) * self.concurrency
+
+    def pool(self, timeout: float | None = None) -> list[Worker]:
+        """The workers, once loaded and warmed up; raises :class:`ModelNotReady` if loading failed or took longer
+        than ``timeout``."""
         if not self._done.wait(timeout):
             raise ModelNotReady("load.timeout")
         if self.state is ModelState.FAILED:
             raise ModelNotReady(self.error_key, detail=self.error_detail)
-        return self._pipe
+        return self.workers
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """The first worker's pipeline (see :meth:`pool`)."""
+        return self.pool(timeout)[0].pipe
 
     @property
     def model_name(self) -> str:
@@ -148,10 +235,10 @@ class PipelineLoader:
         import torch
 
         self._torch = torch
-        cuda = torch.cuda.is_available()
-        self.device = torch.device("cuda" if cuda else "cpu")
+        self.devices = resolve_devices(self.requested_devices, self.concurrency)
+        self.device = self.devices[0]
         self.dtype_name = choose_dtype(self.requested_dtype, self.device.type)
-        self.choice = choose_model(self.requested_model, cuda)
+        self.choice = choose_model(self.requested_model, self.device.type == "cuda")
         if self.choice.auto_tiny:
             log.warning(
                 "no CUDA GPU found: starting on the tiny test model (random weights, draws noise). "
@@ -163,12 +250,15 @@ class PipelineLoader:
         started = time.perf_counter()
         try:
             self._resolve()
-            self._pipe = self.load_pipeline()
+            self.workers = self.load_workers()
+            if self.warmup:
+                self.state = ModelState.WARMING
+                self.warm_up()
             self.load_seconds = time.perf_counter() - started
             log.info(
                 "model %s ready on %s (%s) in %.1f s",
                 self.choice.name,
-                self.device,
+                ", ".join(worker.name for worker in self.workers),
                 self.dtype_name,
                 self.load_seconds,
             )
@@ -181,38 +271,51 @@ class PipelineLoader:
         finally:
             self._done.set()
 
-    def load_pipeline(self) -> Any:
+    def load_workers(self) -> list[Worker]:
+        """Read the weights from disk once, then build one prepared pipeline per device entry."""
         import diffusers
 
         torch = self._torch
         build = TINY_BUILDERS.get(self.choice.name)
         path = str(build(self.cache_dir)) if build is not None else self.choice.name
         # The pipeline class comes from the folder's model_index.json, through the capability table.
-        self.family = family_of_model(path)
-        problem = self.family.dtype_problem(self.dtype_name)
+        self.family = family = family_of_model(path)
+        if self.expected_family is not None and family is not self.expected_family:
+            detail = (
+                f"{self.choice.name} is a {family.display_name} model, but the page was built for "
+                f"{self.expected_family.display_name} (a hub id not cached at start): restart the app"
+            )
+            raise ModelNotReady("load.failed", detail, detail=detail)
+        problem = family.dtype_problem(self.dtype_name)
         if problem:
             detail = f"--dtype {self.dtype_name}: {problem}"
             raise ModelNotReady("load.failed", detail, detail=detail)
-        if self.fast.cache_threshold > 0 and not self.family.first_block_cache:
-            detail = f"--cache: diffusers' first-block cache does not support {self.family.display_name}"
+        if self.fast.cache_threshold > 0 and not family.first_block_cache:
+            detail = f"--cache: diffusers' first-block cache does not support {family.display_name}"
             raise ModelNotReady("load.unsupported_option", detail, detail=detail)
         log.info(
-            "loading %s model %s (%s) on %s", self.family.display_name, self.choice.name, self.dtype_name, self.device
+            "loading %s model %s (%s) for %s", family.display_name, self.choice.name, self.dtype_name, self.devices
         )
         # Always pass the dtype: without it the text encoder keeps bfloat16 while the rest is float32.
-        pipeline_class = getattr(diffusers, self.family.pipeline_class)
+        pipeline_class = getattr(diffusers, family.pipeline_class)
         pipe = pipeline_class.from_pretrained(path, dtype=getattr(torch, self.dtype_name))
-        pipe.set_progress_bar_config(disable=True)
-        prepare_pipeline(pipe, self.device, self.fast)
-        if self.warmup:
-            warm_started = time.perf_counter()
-            pipe(
-                "warm-up",
-                width=512,
-                height=512,
-                num_inference_steps=2,
-                guidance_scale=1.0,
-                generator=torch.Generator("cpu").manual_seed(0),
-            )
-            log.info("warm-up generation took %.1f s", time.perf_counter() - warm_started)
-        return pipe
+        self.tokenizer = pipe.tokenizer
+        pipelines = pipelines_for(pipe, self.devices, self.fast, quantize=family.heavy_components)
+        names = worker_names([str(device) for device in self.devices])
+        call = PIPELINE_CALLS[family.key]
+        return [Worker(name, device, p, call) for name, device, p in zip(names, self.devices, pipelines, strict=True)]
+
+    def warm_up(self) -> None:
+        """Run the warm-up generations on every worker, through the same call as a visitor's job."""
+        for worker in self.workers:
+            for job in warmup_jobs(self.fast, self.family or COGVIEW4):
+                warm_started = time.perf_counter()
+                run_pipeline(worker.pipe, job, call=worker.call)
+                log.info(
+                    "warm-up %dx%d, %d image(s) on %s took %.1f s",
+                    job.width,
+                    job.height,
+                    job.num_images,
+                    worker.name,
+                    time.perf_counter() - warm_started,
+                )

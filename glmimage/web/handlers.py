@@ -10,7 +10,9 @@ Messages are made here, in the visitor's language (from Accept-Language): Gradio
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -106,7 +108,9 @@ def show_status(ctx: Context, request: gr.Request) -> dict[Any, Any]:
     """The status line (loading, ready, failed, test model) and the privacy notice, polled while loading."""
     lang, t, loader, settings = language(request), ctx.translator.t, ctx.loader, ctx.settings
     names = {"model": loader.model_name}
-    if loader.state is ModelState.LOADING:
+    if loader.state is ModelState.WARMING:
+        text = t("status.warming", lang, device=loader.device.type, dtype=loader.dtype_name, **names)
+    elif loader.state is ModelState.LOADING:
         text = t("status.loading", lang, **names)
     elif loader.state is ModelState.READY:
         text = t("status.ready", lang, device=loader.device.type, dtype=loader.dtype_name, **names)
@@ -127,7 +131,7 @@ def show_status(ctx: Context, request: gr.Request) -> dict[Any, Any]:
     page = ctx.page
     return {
         page.model_status: text,
-        page.status_timer: gr.Timer(active=loader.state is ModelState.LOADING),
+        page.status_timer: gr.Timer(active=loader.state in (ModelState.LOADING, ModelState.WARMING)),
         page.privacy_notice: notice,
     }
 
@@ -169,7 +173,7 @@ def client_gone(demo: gr.Blocks, session_hash: str | None) -> bool:
     )
 
 
-def generate(
+async def generate(
     ctx: Context,
     prompt: str,
     negative_prompt: str,
@@ -185,7 +189,11 @@ def generate(
     request: gr.Request,
     progress: gr.Progress = PROGRESS,
 ) -> dict[Any, Any]:
-    """Generate images (the /generate API): returns them, the seed used, and the parameters with timings."""
+    """Generate images (the /generate API): returns them, the seed used, and the parameters with timings.
+
+    Async, and the job runs on a worker thread: when Gradio cancels this event (an API client's ``job.cancel()``,
+    which reports CANCELLED at once) the await is where the cancellation lands, and the job is told to stop at
+    its next step, freeing the worker for the next in line."""
     lang, page = language(request), ctx.page
     raw = dict(
         prompt=prompt,
@@ -208,19 +216,36 @@ def generate(
         # variables, which a plain call from that thread would not see (the page showed no steps).
         event_context = contextvars.copy_context()
         step_text = ctx.translator.t("status.progress", lang)
-        outcome = ctx.service.run(
-            req,
-            session,
-            queue_s,
-            on_step=lambda done, total: event_context.run(progress, (done, total), desc=step_text),
-            should_stop=lambda: (
-                session.stop_requested_at >= enqueued - 0.001 or client_gone(ctx.demo, request.session_hash)
-            ),
-        )
+        phase_text = ctx.translator.t("status.planning", lang)
+        cancelled = threading.Event()
+
+        def on_phase(phase: str) -> None:
+            # GLM-Image plans (writes its image tokens) before its steps, with no step to report meanwhile.
+            if phase == "planning":
+                event_context.run(progress, None, desc=phase_text)
+
+        try:
+            outcome = await asyncio.to_thread(
+                ctx.service.run,
+                req,
+                session,
+                queue_s,
+                on_step=lambda done, total: event_context.run(progress, (done, total), desc=step_text),
+                should_stop=lambda: (
+                    cancelled.is_set()
+                    or session.stop_requested_at >= enqueued - 0.001
+                    or client_gone(ctx.demo, request.session_hash)
+                ),
+                on_phase=on_phase,
+            )
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
     except EngineError as exc:
         if exc.key == "status.stopped":
             gr.Info(message(ctx.translator, exc, lang))
-            return {page.session: session}
+            # An ended session never comes back as the page's state.
+            return {page.session: gr.skip() if session.disposed else session}
         raise as_gradio_error(ctx, exc, lang) from None
     except InputError as exc:
         raise as_gradio_error(ctx, exc, lang) from None
@@ -287,10 +312,12 @@ def restore(ctx: Context, session: Session, evt: gr.SelectData, request: gr.Requ
 
 
 def clear_history(ctx: Context, session: Session, request: gr.Request) -> dict[Any, Any]:
-    count = session.clear_history()
-    session.record("history_cleared", entries=count)
+    with session.lock:  # never at the same time as a finishing job saving into the history
+        count = session.clear_history()
+        session.record("history_cleared", entries=count)
+        updates = {ctx.page.session: session, **history_and_log(ctx, session)}
     gr.Info(ctx.translator.t("info.history_cleared", language(request)))
-    return {ctx.page.session: session, **history_and_log(ctx, session)}
+    return updates
 
 
 def new_session(ctx: Context, session: Session, request: gr.Request) -> dict[Any, Any]:
@@ -326,20 +353,25 @@ def new_session(ctx: Context, session: Session, request: gr.Request) -> dict[Any
 
 def set_keep_history(ctx: Context, session: Session, keep: bool, request: gr.Request) -> dict[Any, Any]:
     """Off: the history and the prompt text of earlier log lines go now, and later ones are not kept."""
-    session.keep_history = bool(keep)
-    session.record("setting_changed", keep_history=session.keep_history)
-    if not keep:
-        session.forget_prompts()
-    if not keep and session.history:
-        session.clear_history()
+    with session.lock:  # never at the same time as a finishing job saving into the history
+        session.keep_history = bool(keep)
+        session.record("setting_changed", keep_history=session.keep_history)
+        if not keep:
+            session.forget_prompts()
+        cleared = not keep and bool(session.history)
+        if cleared:
+            session.clear_history()
+        updates = {ctx.page.session: session, **history_and_log(ctx, session)}
+    if cleared:
         gr.Info(ctx.translator.t("info.history_off", language(request)))
-    return {ctx.page.session: session, **history_and_log(ctx, session)}
+    return updates
 
 
 def set_embed_metadata(ctx: Context, session: Session, embed: bool) -> dict[Any, Any]:
-    session.embed_metadata = bool(embed)
-    session.record("setting_changed", embed_metadata=session.embed_metadata)
-    return {ctx.page.session: session, **history_and_log(ctx, session)}
+    with session.lock:
+        session.embed_metadata = bool(embed)
+        session.record("setting_changed", embed_metadata=session.embed_metadata)
+        return {ctx.page.session: session, **history_and_log(ctx, session)}
 
 
 # ---- sizes and preview --------------------------------------------------------------------------------------------

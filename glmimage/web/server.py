@@ -23,9 +23,6 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from starlette.middleware import Middleware  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse  # noqa: E402
-from starlette.routing import Route  # noqa: E402
 
 from .. import zerogpu  # noqa: E402
 from ..auth import LoginThrottle, PasswordFile  # noqa: E402
@@ -35,13 +32,14 @@ from ..enhancer import EnhancerConfig, PromptEnhancer  # noqa: E402
 from ..i18n import load_translations  # noqa: E402
 from ..maintenance import Drain, MaintenanceFile  # noqa: E402
 from ..metrics import LiveValues, Metrics  # noqa: E402
-from ..models.loading import ModelState, PipelineLoader  # noqa: E402
+from ..models.families import expected_family  # noqa: E402
+from ..models.loading import TINY_FAMILIES, ModelState, PipelineLoader  # noqa: E402
 from ..sessions import FileSweeper  # noqa: E402
 from ..sizes import ASSETS_DIR, load_size_presets  # noqa: E402
 from ..styles import StyleBook, load_styles  # noqa: E402
 from .access import LoginGate, make_auth_check  # noqa: E402
 from .gradio_adapter import generation_jobs, undelivered_results  # noqa: E402
-from .routes import metrics_route, not_ready_reasons, readyz_route  # noqa: E402
+from .routes import NO_DEEP_LINKS, health_route, metrics_route, not_ready_reasons, ready_route  # noqa: E402
 
 log = logging.getLogger("glmimage")
 
@@ -92,10 +90,18 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     presets = load_size_presets()
     examples = load_examples(styles.ids)
     enhancer_config = EnhancerConfig.from_env()
+    family = expected_family(settings.model, TINY_FAMILIES)
     loader = PipelineLoader(
-        settings.model, settings.dtype, settings.fast_paths, warmup=settings.warmup, cache_dir=settings.cache_dir
+        settings.model,
+        settings.dtype,
+        settings.fast_paths,
+        warmup=settings.warmup,
+        cache_dir=settings.cache_dir,
+        devices=settings.device_list,
+        concurrency=settings.concurrency,
+        expected_family=family,
     ).start()
-    engine = engine_factory(loader, styles, settings.concurrency)
+    engine = engine_factory(loader, styles, settings.workers)
     drain = Drain()
     maintenance = MaintenanceFile(settings.maintenance_file) if settings.maintenance_file else None
     metrics = None
@@ -123,6 +129,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
         maintenance=maintenance,
         drain=drain,
         metrics=metrics,
+        family=family,
     )
     i18n = make_i18n(translator, styles)
     context = build_demo(parts, i18n)
@@ -130,35 +137,6 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     # api_open=False: otherwise POST /gradio_api/run/<name> skips the queue and its concurrency limit.
     demo.queue(default_concurrency_limit=1, max_size=settings.max_queue, api_open=False)
     return App(demo, loader, i18n, parts.files_root, engine, context, drain, maintenance, metrics)
-
-
-def health_route(demo: Any, loader: PipelineLoader, started: float) -> Route:
-    """``/healthz`` for load balancers: answered on the event loop, never behind the GPU queue."""
-    from .gradio_adapter import queue_length
-
-    async def healthz(_request: Request) -> JSONResponse:
-        body = {
-            "status": "ok" if loader.state.value != "failed" else "degraded",
-            "model": loader.model_name,
-            "model_state": loader.state.value,
-            "device": loader.device.type if loader.device is not None else None,
-            "dtype": loader.dtype_name,
-            "queue_length": queue_length(demo),
-            "uptime_s": round(time.monotonic() - started, 1),
-        }
-        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
-
-    return Route("/healthz", healthz, methods=["GET"])
-
-
-async def _no_deep_link(_request: Request) -> JSONResponse:
-    return JSONResponse("")
-
-
-# Gradio's /gradio_api/deep_link writes a session's last inputs and outputs (prompts, session log) to a file under
-# the temporary folder that nothing deletes, and serves them to anyone given its name. This page has no deep-link
-# button; the route answers as Gradio does for an unknown session and writes nothing (it is matched before Gradio's).
-NO_DEEP_LINKS = Route("/gradio_api/deep_link", _no_deep_link, methods=["GET"])
 
 
 class ShutdownSignals:
@@ -214,7 +192,7 @@ def launch(
     routes = [
         health_route(demo, loader, started),
         NO_DEEP_LINKS,
-        readyz_route(lambda: not_ready_reasons(loader, app.maintenance, app.drain)),
+        ready_route(loader, lambda: not_ready_reasons(loader, app.maintenance, app.drain)),
     ]
     if app.metrics is not None:
         routes.append(metrics_route(app.metrics))

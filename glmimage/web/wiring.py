@@ -26,6 +26,7 @@ from ..errors import InputError, Refused
 from ..i18n import Translator
 from ..maintenance import Drain, MaintenanceFile
 from ..metrics import Metrics
+from ..models.families import COGVIEW4, Family
 from ..models.loading import PipelineLoader
 from ..service import API_FIELDS, GenerationService
 from ..sessions import Session, dispose_session
@@ -60,6 +61,8 @@ class AppParts:
     maintenance: MaintenanceFile | None = None
     drain: Drain | None = None
     metrics: Metrics | None = None
+    # The model's row of the capability table (glmimage.models.families): what the page and the API offer.
+    family: Family = COGVIEW4
 
 
 def build_demo(parts: AppParts, i18n: gr.I18n) -> Context:
@@ -74,6 +77,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> Context:
         observer=parts.metrics,
         maintenance=parts.maintenance,
         drain=parts.drain,
+        family=parts.family,
     )
     with gr.Blocks(
         title="GLM Image",
@@ -149,7 +153,7 @@ def _wire_generation(ctx: Context) -> None:
         api_name="generate",
         validator=bind(check_generation, ctx),
         preprocess=False,
-        concurrency_limit=ctx.settings.concurrency,
+        concurrency_limit=ctx.settings.workers,  # one job per pipeline of the pool
         concurrency_id="gpu",
         show_progress_on=page.gallery,
     )
