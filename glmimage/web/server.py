@@ -27,7 +27,7 @@ from starlette.routing import Route  # noqa: E402
 from ..config import Settings, load_settings  # noqa: E402
 from ..engine import Engine, LocalEngine  # noqa: E402
 from ..enhancer import EnhancerConfig, PromptEnhancer  # noqa: E402
-from ..i18n import load_translations  # noqa: E402
+from ..i18n import LANGUAGES, load_translations  # noqa: E402
 from ..models.loading import PipelineLoader  # noqa: E402
 from ..sessions import FileSweeper  # noqa: E402
 from ..sizes import ASSETS_DIR, load_size_presets  # noqa: E402
@@ -129,7 +129,9 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
     started = time.monotonic()
     app = create_app(settings, engine_factory)
     demo, loader = app.demo, app.loader
-    from .layout import CSS
+    from ..parameters import MAX_PARAMETERS_FILE_BYTES
+    from .gradio_adapter import page_script
+    from .layout import CSS, TITLE
     from .wiring import forget_idle_sessions_forever
 
     sweeper = FileSweeper(app.files_root, settings.file_ttl)
@@ -162,6 +164,11 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
         share=False,
         show_error=False,  # an unexpected exception's text (paths, internals) never reaches the page
         css=CSS,
+        js=page_script(TITLE, tab_title_words(app.context.translator)),
+        favicon_path=str(ASSETS_DIR / "favicon.png"),
+        # The page's only upload is a picture to read parameters from (POST /gradio_api/upload): no larger than
+        # the parameter reader reads.
+        max_file_size=MAX_PARAMETERS_FILE_BYTES,
         app_kwargs={"routes": [health_route(demo, loader, started), NO_DEEP_LINKS], "lifespan": lifespan},
         prevent_thread_lock=True,
         quiet=False,
@@ -178,6 +185,13 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
             demo.close(verbose=False)
             sweeper.close()  # nothing generated outlives the server, even if the lifespan did not finish
     return app
+
+
+def tab_title_words(translator: Any) -> dict[str, dict[str, str]]:
+    """The tab title's words while a job runs, per language, for the page script."""
+    return {
+        lang: {"step": translator.t("tab.step", lang), "queue": translator.t("tab.queue", lang)} for lang in LANGUAGES
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
