@@ -552,11 +552,13 @@ def parameters_summary(ctx: Context, found: dict[str, Any], lang: str) -> str:
     unknown = t("read.not_recorded", lang)
 
     def shown(value: Any) -> str:
-        return unknown if value is None else markdown_text(str(value))
+        if value is None:
+            return unknown
+        return markdown_text(str(value)) if value != "" else "—"
 
     lines = [
-        f"**{t('field.prompt', lang)}**: {shown(found.get('prompt') or None)}",
-        f"**{t('field.negative_prompt', lang)}**: {shown(found.get('negative_prompt') or None)}",
+        f"**{t('field.prompt', lang)}**: {shown(found.get('prompt'))}",
+        f"**{t('field.negative_prompt', lang)}**: {shown(found.get('negative_prompt'))}",
     ]
     style = ctx.styles.get(found["style"]) if found.get("style") else None
     if style is not None:
