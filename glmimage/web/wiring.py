@@ -127,50 +127,46 @@ def wire(ctx: Context) -> None:
 
 def _wire_generation(ctx: Context) -> None:
     page = ctx.page
-    generation = gr.on(
-        [page.prompt.submit, page.run.click],
-        bind(handlers.generate, ctx),
-        inputs=[*page.request_inputs, page.session],
-        outputs=[page.gallery, page.seed_used, page.details, page.session],
-        api_name="generate",
-        validator=bind(check_generation, ctx),
-        preprocess=False,
-        concurrency_limit=ctx.settings.concurrency,
-        concurrency_id="gpu",
-        show_progress_on=page.gallery,
-    )
-    # Not an output of /generate itself: API clients would download the whole history with every call.
-    generation.then(
-        bind(handlers.after_generation, ctx),
-        [page.session, page.details],
-        [page.timings, *page.history_outputs],
-        **QUIET,
+    _gpu_job(
+        ctx, [page.prompt.submit, page.run.click], handlers.generate, handlers.after_generation, api_name="generate"
     )
     page.stop.click(handlers.request_stop, [page.session], None, **QUIET)
 
 
 def _wire_variations(ctx: Context) -> None:
-    """Variations: the same checks, queue group and concurrency as /generate (one press counts once against the
-    rate limit, as a /generate call with several images does); the page's own, not part of the API."""
+    """Variations: the page's own button, not part of the API. It counts once against the rate limit, as a
+    /generate call with several images does, and as one job against --max-jobs-per-client."""
     page = ctx.page
-    variations = page.variations.click(
-        bind(handlers.variations, ctx),
-        inputs=[*page.request_inputs, page.session],
-        outputs=[page.gallery, page.seed_used, page.details, page.session],
+    _gpu_job(
+        ctx,
+        [page.variations.click],
+        handlers.variations,
+        handlers.after_variations,
         api_name="variations",
         api_visibility="private",
+    )
+
+
+def _gpu_job(
+    ctx: Context, triggers: list[Any], fn: Callable[..., Any], after: Callable[..., Any], **options: Any
+) -> None:
+    """An event that runs on the GPU: the controls in, the result out, the generation checks before it queues,
+    the "gpu" queue group and concurrency; then ``after`` updates the timings line, history and log."""
+    page = ctx.page
+    job = gr.on(
+        triggers,
+        bind(fn, ctx),
+        inputs=[*page.request_inputs, page.session],
+        outputs=[page.gallery, page.seed_used, page.details, page.session],
         validator=bind(check_generation, ctx),
         preprocess=False,
         concurrency_limit=ctx.settings.concurrency,
         concurrency_id="gpu",
         show_progress_on=page.gallery,
+        **options,
     )
-    variations.then(
-        bind(handlers.after_variations, ctx),
-        [page.session, page.details],
-        [page.timings, *page.history_outputs],
-        **QUIET,
-    )
+    # Not an output of the job itself: API clients would download the whole history with every call.
+    job.then(bind(after, ctx), [page.session, page.details], [page.timings, *page.history_outputs], **QUIET)
 
 
 def _wire_download_all(ctx: Context) -> None:
