@@ -617,9 +617,9 @@ def use_read_parameters(ctx: Context, found: dict[str, Any] | None, request: gr.
     if found.get("width") and found.get("height"):
         updates[page.size_preset] = preset_label(ctx.presets, found["width"], found["height"])
     # Checked as Generate will check them; a value the picture does not give is the control's default.
-    defaults = dict(zip(page.request_inputs, API_FIELDS, strict=True))
-    raw = {name: control.value for control, name in defaults.items()}
-    raw |= {defaults[control]: value for control, value in updates.items() if control in defaults}
+    field_of = dict(zip(page.request_inputs, API_FIELDS, strict=True))
+    raw = {name: control.value for control, name in field_of.items()}
+    raw |= {field_of[control]: value for control, value in updates.items() if control in field_of}
     try:
         ctx.service.validated(raw)
     except InputError as exc:
