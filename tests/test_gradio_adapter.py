@@ -188,7 +188,7 @@ def test_generation_jobs_counts_the_waiting_and_the_running_generations(start_se
     wait_until(lambda: generation_jobs(demo) == (0, 1), timeout=60)
     second = submit(http_client(server.url, source="127.0.0.42"), request_kwargs())
     wait_until(lambda: generation_jobs(demo) == (1, 1), timeout=60)
-    assert generation_jobs(demo, api_name="no-such-event") == (0, 0)
+    assert generation_jobs(demo, api_names=("no-such-event",)) == (0, 0)
 
     # Finished jobs leave the queue before their result is read; until it is, the result is undelivered.
     wait_until(lambda: generation_jobs(demo) == (0, 0), timeout=120)
@@ -220,3 +220,94 @@ def test_without_api_info_empties_the_api_description_gradio_writes_into_its_pag
     assert stripped.replace(b" ", b"").count(b"window.gradio_config=") == 1  # the rest of the page is intact
     with pytest.raises(ValueError, match="gradio_api_info"):
         without_api_info(b"<html>a page Gradio no longer writes the same way</html>")
+
+
+# ---- uploads ----------------------------------------------------------------------------------------------------
+
+
+class UploadApp:
+    """A file input whose event returns the path Gradio hands over (unprocessed, as /read_parameters gets it)."""
+
+    def __init__(self) -> None:
+        with gr.Blocks(analytics_enabled=False) as demo:
+            self.file = gr.File()
+            out = gr.Textbox()
+            self.file.upload(lambda payload: payload["path"], self.file, out, api_name="path_of", preprocess=False)
+        demo.queue(api_open=False)
+        self.port = free_port()
+        demo.launch(server_port=self.port, prevent_thread_lock=True, quiet=True)
+        self.demo = demo
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def upload(self, http: httpx.Client, data: bytes, name: str) -> str:
+        response = http.post("/gradio_api/upload", files={"files": (name, data, "application/octet-stream")})
+        response.raise_for_status()
+        return response.json()[0]
+
+    def path_of(self, http: httpx.Client, path: str, session_hash: str) -> Any:
+        body = {"data": [{"path": path, "orig_name": "secret-name.png", "meta": {"_type": "gradio.FileData"}}]}
+        event_id = http.post("/gradio_api/call/path_of", json={**body, "session_hash": session_hash}).json()
+        with http.stream("GET", f"/gradio_api/call/path_of/{event_id['event_id']}") as stream:
+            lines = [line for line in stream.iter_lines() if line.startswith(("event:", "data:"))]
+        return lines
+
+
+@pytest.fixture(scope="module")
+def upload_app():
+    mini = UploadApp()
+    yield mini
+    mini.demo.close()
+
+
+def test_an_upload_is_noted_by_the_upload_route_and_only_an_upload_is(upload_app, tmp_path):
+    with httpx.Client(base_url=upload_app.url, timeout=30) as http:
+        path = upload_app.upload(http, b"some picture bytes", "picture.png")
+    assert Path(path).read_bytes() == b"some picture bytes"
+    assert Path(path).parent.parent == adapter.upload_folder()  # a folder of its own, named after its content
+    assert adapter.is_gradio_upload(upload_app.demo, path) is True
+    elsewhere = adapter.upload_folder() / "not-uploaded.png"
+    elsewhere.write_bytes(b"x")
+    assert adapter.is_gradio_upload(upload_app.demo, str(elsewhere)) is False
+    elsewhere.unlink()
+
+
+def test_gradio_notes_any_path_given_to_a_file_input_and_keeps_the_sessions_input_until_forgotten(upload_app):
+    with httpx.Client(base_url=upload_app.url, timeout=30) as http:
+        path = upload_app.upload(http, b"another picture", "mine.png")
+        given = adapter.upload_folder() / "given-not-uploaded.png"
+        given.write_bytes(b"y")
+        for named in (path, str(given)):
+            assert upload_app.path_of(http, named, "session-upload")[-1] == f"data: {json.dumps([named])}"
+            # Gradio notes the path for its clean-up whether or not it was uploaded: that proves nothing.
+            assert named in upload_app.file.temp_files
+    stored = upload_app.demo.state_holder.session_data["session-upload"].config_values[upload_app.file._id]
+    assert stored["props"]["value"]["orig_name"] == "secret-name.png"
+
+    adapter.forget_input_value(upload_app.demo, "session-upload", upload_app.file)
+    assert stored["props"]["value"] is None
+    adapter.forget_input_value(upload_app.demo, "no-such-session", upload_app.file)  # nothing to forget
+
+    adapter.forget_gradio_upload(upload_app.demo, upload_app.file, path)
+    assert not adapter.is_gradio_upload(upload_app.demo, path) and path not in upload_app.file.temp_files
+    given.unlink()
+
+
+# ---- the page script's view of Gradio's front end -------------------------------------------------------------------
+
+
+def test_the_front_end_still_draws_the_progress_the_page_script_reads():
+    assets = Path(gr.__file__).parent / "templates" / "frontend" / "assets"
+    trackers = [p.read_text(encoding="utf-8") for p in assets.glob("*.js") if p.name.startswith("statustracker")]
+    assert trackers, "Gradio's status tracker moved: re-check gradio_adapter.page_script"
+    tracker = "\n".join(trackers)
+    assert 'data-testid="status-tracker"' in tracker
+    # The class the tracker drops while it shows progress, the element holding the text, and the text's forms.
+    assert f"{adapter.HIDDEN_CLASS}:" in tracker and f"{adapter.PROGRESS_TEXT[1:]} " in tracker
+    assert "queue: ${" in tracker and "processing |" in tracker
+
+
+def test_the_page_script_fills_in_the_title_and_words_as_javascript_strings():
+    script = adapter.page_script('GLM "Image"', {"en": {"step": "step {done}/{total}", "queue": "queue"}})
+    assert script.lstrip().startswith("() => {")
+    assert 'const TITLE = "GLM \\"Image\\""' in script and '"step": "step {done}/{total}"' in script
+    assert "__" not in script.replace("__gradio", "")  # every marker replaced

@@ -11,6 +11,7 @@ against the new Gradio, then move the pin.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -133,15 +134,19 @@ def upload_folder() -> Path:
 # ---- shutdown drain and login (gradio/queueing.py, gradio/routes.py, gradio/templates) ---------------------------
 
 
-def generation_jobs(demo: gr.Blocks, api_name: str = "generate") -> tuple[int, int]:
-    """(waiting, running): the ``api_name`` jobs in Gradio's queue and those it is running now."""
+# The page's events whose jobs take a pipeline (Generate and Variations): what a shutdown waits for.
+GPU_EVENTS = ("generate", "variations")
+
+
+def generation_jobs(demo: gr.Blocks, api_names: tuple[str, ...] = GPU_EVENTS) -> tuple[int, int]:
+    """(waiting, running): the jobs of the ``api_names`` events in Gradio's queue and those it is running now."""
     waiting = sum(
         1
         for group in list(demo._queue.event_queue_per_concurrency_id.values())
         for event in list(group.queue)
-        if event_api_name(event) == api_name
+        if event_api_name(event) in api_names
     )
-    running = sum(1 for event in running_events(demo) if event_api_name(event) == api_name)
+    running = sum(1 for event in running_events(demo) if event_api_name(event) in api_names)
     return waiting, running
 
 
@@ -174,3 +179,141 @@ def without_api_info(page: bytes) -> bytes:
     if count != 1:
         raise ValueError("Gradio's page has no window.gradio_api_info script: check gradio_adapter.without_api_info")
     return stripped
+
+
+# ---- uploads (gradio/routes.py: POST /gradio_api/upload; gradio/blocks.py: upload_file_set, Block.temp_files) ----
+
+
+def is_gradio_upload(demo: gr.Blocks, path: str) -> bool:
+    """True when ``path`` is a file sent to POST /gradio_api/upload: the route notes each one it writes in
+    ``Blocks.upload_file_set``. Any other path a client names for a file input passes Gradio's own check as long
+    as it lies inside the temporary folder (another visitor's images do), and Gradio then adds it to the
+    component's ``temp_files`` too, so neither of those proves the file is the client's."""
+    return path in demo.upload_file_set
+
+
+def forget_gradio_upload(demo: gr.Blocks, component: gr.components.Component, path: str) -> None:
+    """Drop Gradio's notes of an uploaded file that was deleted (its path names a hash of its content): the
+    upload route's and the input component's."""
+    demo.upload_file_set.discard(path)
+    component.temp_files.discard(path)
+
+
+def forget_input_value(demo: gr.Blocks, session_hash: str | None, component: gr.components.Component) -> None:
+    """Gradio keeps the last value of each input of a session (for a file: its path and its original name) until
+    the session is dropped; set ``component``'s to None."""
+    state = demo.state_holder.session_data.get(session_hash) if session_hash else None
+    if state is not None:
+        state._update_value_in_config(component._id, None)
+
+
+# ---- the page's own script (Gradio's front end: its DOM, not a documented API) ---------------------------------
+
+# Gradio's progress display over an output while an event that shows progress there waits or runs: the element
+# loses its "hide" class and shows a ".progress-text" such as "queue: 1/2 | 0.4s" or "3/50 steps | 2.1s".
+STATUS_TRACKER = "[data-testid='status-tracker']"
+PROGRESS_TEXT = ".progress-text"
+HIDDEN_CLASS = "hide"
+
+_PAGE_SCRIPT = """
+() => {
+  const TITLE = __TITLE__, WORDS = __WORDS__;
+  const words = WORDS[(navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en"];
+  const fill = (text, values) => text.replace(/\\{(\\w+)\\}/g, (_, name) => values[name]);
+
+  // The progress text over the result while a job of this tab waits or runs; null when none does.
+  function jobText() {
+    const tracker = document.querySelector("#result __TRACKER__");
+    if (!tracker || tracker.classList.contains("__HIDDEN__")) return null;
+    const text = tracker.querySelector("__PROGRESS__");
+    return text ? text.textContent : null;
+  }
+
+  // Stop is enabled only while a job of this tab waits or runs; the tab title shows how far it is.
+  let pending = null;
+  function update() {
+    pending = null;
+    const text = jobText();
+    const stop = document.querySelector("#stop");
+    if (stop && stop.disabled !== (text === null)) stop.disabled = text === null;
+    let title = TITLE;
+    if (text !== null) {
+      const head = text.split("|")[0];
+      const counts = head.match(/(\\d+)\\s*\\/\\s*(\\d+)/);
+      if (counts && head.includes("queue")) title = fill(words.queue, {position: counts[1] + "/" + counts[2]});
+      else if (counts) title = fill(words.step, {done: counts[1], total: counts[2]});
+      else title = "…";
+      title += " · " + TITLE;
+    }
+    if (document.title !== title) document.title = title;
+  }
+  new MutationObserver(() => { pending ??= setTimeout(update, 50); }).observe(document.body, {
+    subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ["class"],
+  });
+  update();
+
+  // Ctrl+Enter (Cmd+Enter) in the prompt generates; Enter stays a new line and Shift+Enter Gradio's submit.
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey) || event.isComposing) return;
+    if (!(event.target instanceof Element) || !event.target.closest("#prompt")) return;
+    event.preventDefault();
+    document.querySelector("#generate")?.click();
+  }, true);
+
+  // One file pasted on the page (not text into a text box) goes to "Read parameters", as if dropped on its box;
+  // the section opens first when it is closed (its box is only drawn while it is open).
+  document.addEventListener("paste", (event) => {
+    const data = event.clipboardData;
+    if (!data || data.files.length !== 1) return;
+    const inTextBox = event.target instanceof Element && event.target.closest("textarea, input");
+    if (inTextBox && data.types.includes("text/plain")) return;
+    const section = document.querySelector("#read-parameters");
+    if (!section) return;
+    event.preventDefault();
+    const file = data.files[0];
+    const box = () => section.querySelector("#read-file input[type='file']");
+    if (!box()) section.querySelector(".label-wrap")?.click();
+    section.scrollIntoView({block: "center"});
+    const give = (tries) => {
+      const input = box();
+      if (!input) { if (tries > 0) setTimeout(() => give(tries - 1), 50); return; }
+      const transfer = new DataTransfer();
+      transfer.items.add(file);
+      input.files = transfer.files;
+      input.dispatchEvent(new Event("change", {bubbles: true}));
+    };
+    give(40);
+  });
+}
+"""
+
+
+def page_script(title: str, words: dict[str, dict[str, str]]) -> str:
+    """The function ``launch(js=...)`` runs once the page is up: Stop enabled only while a job of this tab waits
+    or runs, the job's progress in the tab title, Ctrl/Cmd+Enter in the prompt, and pasting a file to read its
+    parameters. ``words``: per language ("en", "zh"), the tab title's "step" and "queue" templates."""
+    replacements = {
+        "__TITLE__": json.dumps(title),
+        "__WORDS__": json.dumps(words, ensure_ascii=False),
+        "__TRACKER__": STATUS_TRACKER,
+        "__HIDDEN__": HIDDEN_CLASS,
+        "__PROGRESS__": PROGRESS_TEXT,
+    }
+    script = _PAGE_SCRIPT
+    for marker, value in replacements.items():
+        script = script.replace(marker, value)
+    return script
+
+
+# A page step after "Download all": the browser saves the file just put into the (hidden) download button.
+SAVE_FILE_JS = """
+(file) => {
+  if (!file || !file.url) return;
+  const link = document.createElement("a");
+  link.href = file.url;
+  link.download = file.orig_name || "";
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+}
+"""

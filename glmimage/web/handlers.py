@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import html
+import re
+import secrets
 import threading
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from .. import limits
+from .. import limits, parameters
 from ..config import Settings
 from ..enhancer import PromptEnhancer
 from ..errors import AppError, EngineError, InputError
@@ -152,11 +156,12 @@ def show_operator_notes(ctx: Context, request: gr.Request) -> dict[Any, Any]:
 
 
 def jobs_of_client(demo: gr.Blocks, client: str) -> int:
-    """This visitor's /generate jobs queued or running, read from Gradio's own queue so the count never drifts."""
+    """This visitor's GPU jobs (Generate, Variations) queued or running, read from Gradio's own queue so the count
+    never drifts."""
     return sum(
         1
         for event in adapter.waiting_and_running_events(demo)
-        if adapter.event_api_name(event) == "generate"
+        if adapter.event_api_name(event) in adapter.GPU_EVENTS
         and canonical_address(adapter.event_client_host(event)) == client
     )
 
@@ -290,6 +295,107 @@ def request_stop(session: Session) -> None:
     session.stop_requested_at = time.monotonic()
 
 
+# ---- variations -----------------------------------------------------------------------------------------------------
+
+
+class OverallProgress:
+    """The steps of one of several generations, reported as steps of them all: one bar (and one count in the tab
+    title) runs from the first step of the first to the last step of the last."""
+
+    def __init__(self, progress: Any, done_before: int, total: int) -> None:
+        self.progress, self.done_before, self.total = progress, done_before, total
+
+    def __call__(self, value: tuple[int, int] | None, desc: str | None = None) -> None:
+        # None: a phase without steps (GLM-Image planning), shown as it is.
+        self.progress(None if value is None else (self.done_before + value[0], self.total), desc=desc)
+
+
+def fresh_seeds(count: int) -> list[int]:
+    """``count`` different random seeds."""
+    seeds: list[int] = []
+    while len(seeds) < count:
+        seed = secrets.randbelow(limits.MAX_SEED + 1)
+        if seed not in seeds:
+            seeds.append(seed)
+    return seeds
+
+
+async def variations(
+    ctx: Context,
+    prompt: str,
+    negative_prompt: str,
+    style: str,
+    width: int,
+    height: int,
+    num_images: int,
+    seed: int,
+    randomize_seed: bool,
+    num_inference_steps: int,
+    guidance_scale: float,
+    session: Session,
+    request: gr.Request,
+    progress: gr.Progress = PROGRESS,
+) -> dict[Any, Any]:
+    """New pictures of the current settings with fresh seeds, as many as Images says, each seed under its image.
+
+    Each is a one-image run of :func:`generate` (the /generate path: checks, stop, history entry), so each seed
+    alone, with one image, redraws its picture; a batch would tie every image to its place in the batch."""
+    lang, page = language(request), ctx.page
+    values = (prompt, negative_prompt, style, width, height, num_images, seed, randomize_seed)
+    raw = dict(zip(API_FIELDS, (*values, num_inference_steps, guidance_scale), strict=True))
+    try:
+        checked = ctx.service.validated(raw)
+    except InputError as exc:
+        raise as_gradio_error(ctx, exc, lang) from None
+    seeds, steps = fresh_seeds(checked.num_images), checked.num_inference_steps
+    shown: list[tuple[str, str]] = []
+    made: list[dict[str, Any]] = []
+    for index, variation_seed in enumerate(seeds):
+        if index:  # the next one waited in no queue: its queue time starts now
+            adapter.mark_request(request, ENQUEUED_AT, time.monotonic())
+        updates = await generate(
+            ctx,
+            prompt,
+            negative_prompt,
+            style,
+            width,
+            height,
+            1,
+            variation_seed,
+            False,
+            num_inference_steps,
+            guidance_scale,
+            session,
+            request,
+            progress=OverallProgress(progress, index * steps, len(seeds) * steps),
+        )
+        if page.gallery not in updates:  # stopped; generate has said so
+            break
+        made.append(updates[page.details])
+        caption = ctx.translator.t("caption.seed", lang, seed=variation_seed)
+        shown += [(file, caption) for file in updates[page.gallery]]
+    if not made:
+        return {page.session: session}
+    if len(made) < len(seeds):
+        gr.Info(ctx.translator.t("info.variations_stopped", lang, done=len(made), total=len(seeds)))
+    return {page.gallery: shown, page.seed_used: None, page.details: {"variations": made}, page.session: session}
+
+
+def after_variations(ctx: Context, session: Session, details: dict | None, request: gr.Request) -> dict[Any, Any]:
+    """The line under the result (each seed, the total time), and the history and log with the new entries."""
+    updates = history_and_log(ctx, session)
+    made = (details or {}).get("variations")
+    if made:
+        updates[ctx.page.timings] = ctx.translator.t(
+            "timings.variations",
+            language(request),
+            count=len(made),
+            seeds=", ".join(str(one["seed"]) for one in made),
+            total_s=round(sum(one["timings"]["total_s"] for one in made), 2),
+        )
+    return updates
+
+
 # ---- history, session, privacy ------------------------------------------------------------------------------------
 
 
@@ -372,6 +478,192 @@ def set_embed_metadata(ctx: Context, session: Session, embed: bool) -> dict[Any,
         session.embed_metadata = bool(embed)
         session.record("setting_changed", embed_metadata=session.embed_metadata)
         return {ctx.page.session: session, **history_and_log(ctx, session)}
+
+
+# ---- download all ---------------------------------------------------------------------------------------------------
+
+
+def zip_members(session: Session, shown: Any) -> list[tuple[str, Path]]:
+    """The files "Download all" packs, with their names in the zip: the result on screen (when it is not already
+    in the history) and every history entry, oldest first; only this session's own files."""
+    folder = session.folder.resolve()
+    members: list[tuple[str, Path]] = []
+    seen: set[Path] = set()
+    for entry in reversed(session.history):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(entry.created))
+        for number, name in enumerate(entry.files, start=1):
+            path = Path(name).resolve()
+            suffix = f"-{number}" if len(entry.files) > 1 else ""
+            members.append((f"{stamp}-seed{entry.seed}{suffix}.png", path))
+            seen.add(path)
+    on_screen = [Path(item[0] if isinstance(item, (list, tuple)) else item).resolve() for item in shown or []]
+    extra = [path for path in on_screen if path not in seen and path.parent == folder]
+    members += [(f"result-{number}.png", path) for number, path in enumerate(extra, start=1)]
+    return [(name, path) for name, path in members if path.is_file()]
+
+
+def download_all(ctx: Context, session: Session, shown: Any, request: gr.Request) -> dict[Any, Any]:
+    """The result on screen and the whole history as one zip, built now in the session's folder (deleted with
+    the session, like every file there; an earlier zip goes when a new one is made). PNGs as generated, with
+    their parameters when embedding was on."""
+    page = ctx.page
+    members = zip_members(session, shown)
+    if not members:
+        gr.Info(ctx.translator.t("info.nothing_to_download", language(request)))
+        return {page.download_all_file: None}
+    for old in session.folder.glob("*.zip"):
+        old.unlink(missing_ok=True)
+    path = session.folder / f"glm-image-{time.strftime('%Y%m%d-%H%M%S')}.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
+        for name, file in members:
+            archive.write(file, arcname=name)
+    session.record("downloaded_all", images=len(members))
+    return {page.download_all_file: str(path), page.session: session, **history_and_log(ctx, session)}
+
+
+# ---- reading parameters from a picture ---------------------------------------------------------------------------
+
+
+def read_parameters(ctx: Context, image: Any, request: gr.Request) -> dict[Any, Any]:
+    """The parameters stored in a PNG (the /read_parameters API; its one parameter is ``image``).
+
+    The file is deleted as soon as it is read, and Gradio's notes of it (its path, which names a hash of its
+    content, and its original name) are dropped: nothing of it is kept. Only a file uploaded through Gradio's
+    upload route is read and deleted, never another path a client names (such as another visitor's image)."""
+    lang, page = language(request), ctx.page
+    path = image.get("path") if isinstance(image, dict) else None
+    received = isinstance(path, str) and adapter.is_gradio_upload(ctx.demo, path)
+    try:
+        if not received:
+            raise InputError("error.params_no_file")
+        found = parameters.read_parameters(path, ctx.styles)
+    except FileNotFoundError:
+        raise read_error(ctx, InputError("error.params_no_file"), lang) from None
+    except InputError as exc:
+        raise read_error(ctx, exc, lang) from None
+    finally:
+        if received:
+            delete_upload(path)
+            adapter.forget_gradio_upload(ctx.demo, page.read_file, path)
+        adapter.forget_input_value(ctx.demo, request.session_hash, page.read_file)
+    return {page.read_result: found.to_dict()}
+
+
+def delete_upload(path: str) -> None:
+    """Delete an uploaded file and the folder Gradio made for it (named after a hash of its content)."""
+    file = Path(path)
+    file.unlink(missing_ok=True)
+    if file.parent.resolve().parent == adapter.upload_folder().resolve():
+        try:
+            file.parent.rmdir()
+        except OSError:  # not empty: another upload with the same content is still there
+            pass
+
+
+def read_error(ctx: Context, error: AppError, lang: str) -> gr.Error:
+    return gr.Error(
+        message(ctx.translator, error, lang), title=ctx.translator.t("read.error_title", lang), print_exception=False
+    )
+
+
+def show_read_parameters(ctx: Context, found: dict[str, Any] | None, request: gr.Request) -> dict[Any, Any]:
+    """What was read, in words, and the drop box empty again for the next picture."""
+    page = ctx.page
+    summary = parameters_summary(ctx, found, language(request)) if found else ctx.translator.t("read.empty")
+    return {page.read_file: None, page.read_summary: summary, page.use_read: gr.Button(interactive=bool(found))}
+
+
+def forget_read_parameters(ctx: Context, request: gr.Request) -> dict[Any, Any]:
+    """After a refused picture: nothing read, nothing to use, the drop box empty."""
+    page = ctx.page
+    return {
+        page.read_file: None,
+        page.read_result: None,
+        page.read_summary: ctx.translator.t("read.empty", language(request)),
+        page.use_read: gr.Button(interactive=False),
+    }
+
+
+def parameters_summary(ctx: Context, found: dict[str, Any], lang: str) -> str:
+    t = ctx.translator.t
+    unknown = t("read.not_recorded", lang)
+
+    def shown(value: Any) -> str:
+        if value is None:
+            return unknown
+        return markdown_text(str(value)) if value != "" else "—"
+
+    lines = [
+        f"**{t('field.prompt', lang)}**: {shown(found.get('prompt'))}",
+        f"**{t('field.negative_prompt', lang)}**: {shown(found.get('negative_prompt'))}",
+    ]
+    style = ctx.styles.get(found["style"]) if found.get("style") else None
+    if style is not None:
+        lines.append(f"**{t('field.style', lang)}**: {markdown_text(style.name[lang])}")
+    size = f"{found['width']}×{found['height']}" if found.get("width") and found.get("height") else None
+    lines.append(
+        " · ".join(
+            [
+                f"**{t('field.seed', lang)}** {shown(found.get('seed'))}",
+                f"**{t('read.size', lang)}** {shown(size)}",
+                f"**{t('field.num_inference_steps', lang)}** {shown(found.get('num_inference_steps'))}",
+                f"**{t('field.guidance_scale', lang)}** {shown(found.get('guidance_scale'))}",
+                f"**{t('read.model', lang)}** {shown(found.get('model'))}",
+            ]
+        )
+    )
+    text = "  \n".join(lines)
+    model, current = found.get("model"), ctx.loader.model_name
+    if model and model != current:
+        text += "\n\n" + t("read.other_model", lang, model=markdown_text(model), current=markdown_text(current))
+    return text
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def markdown_text(text: str) -> str:
+    """Text from a picture shown as it is in Markdown: no markup, no HTML, line breaks kept."""
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+    return escaped.replace("\r\n", "\n").replace("\n", "  \n")
+
+
+def use_read_parameters(ctx: Context, found: dict[str, Any] | None, request: gr.Request) -> Any:
+    """The picture's settings into the controls: one image with its seed, so Generate draws it again. A value
+    this server does not allow is put in as it is, with a warning naming the rule (Generate will refuse it)."""
+    if not found:
+        return gr.skip()
+    page, lang = ctx.page, language(request)
+    controls = {
+        page.prompt: "prompt",
+        page.negative_prompt: "negative_prompt",
+        page.width: "width",
+        page.height: "height",
+        page.seed: "seed",
+        page.steps: "num_inference_steps",
+        page.guidance: "guidance_scale",
+    }
+    updates: dict[Any, Any] = {
+        control: found[name] for control, name in controls.items() if found.get(name) is not None
+    }
+    style = found.get("style")
+    updates[page.style] = style if isinstance(style, str) and style in ctx.styles else NO_STYLE
+    updates[page.num_images] = 1
+    if found.get("seed") is not None:
+        updates[page.randomize_seed] = False
+    if found.get("width") and found.get("height"):
+        updates[page.size_preset] = preset_label(ctx.presets, found["width"], found["height"])
+    # Checked as Generate will check them; a value the picture does not give is the control's default.
+    field_of = dict(zip(page.request_inputs, API_FIELDS, strict=True))
+    raw = {name: control.value for control, name in field_of.items()}
+    raw |= {field_of[control]: value for control, value in updates.items() if control in field_of}
+    try:
+        ctx.service.validated(raw)
+    except InputError as exc:
+        gr.Warning(message(ctx.translator, exc, lang))
+    else:
+        gr.Info(ctx.translator.t("info.parameters_used", lang))
+    return updates
 
 
 # ---- sizes and preview --------------------------------------------------------------------------------------------

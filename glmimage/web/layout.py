@@ -18,6 +18,8 @@ from ..sessions import Session, dispose_session
 from ..sizes import SizePreset
 from ..styles import NO_STYLE, StyleBook
 
+# The browser tab's title (the page script puts a job's progress in front of it while one runs).
+TITLE = "GLM Image"
 # The Size dropdown's value when width and height match no preset (so the box never shows empty).
 CUSTOM_SIZE = "custom"
 
@@ -58,6 +60,7 @@ class Page:
     guidance: gr.Slider
     size_preset: gr.Dropdown
     run: gr.Button
+    variations: gr.Button
     stop: gr.Button
     enhance: gr.Button
     final_prompt: gr.Textbox
@@ -77,6 +80,14 @@ class Page:
     privacy_notice: gr.Markdown
     keep_history: gr.Checkbox
     embed_metadata: gr.Checkbox
+    # Reading parameters from a picture.
+    read_file: gr.File
+    read_result: gr.JSON
+    read_summary: gr.Markdown
+    use_read: gr.Button
+    # Download all.
+    download_all: gr.Button
+    download_all_file: gr.DownloadButton
     contact_line: gr.Markdown
 
     @property
@@ -145,6 +156,7 @@ def build_page(
             parts |= _size_and_style(i18n, styles, presets)
             parts |= _advanced(i18n)
             parts |= _preview(i18n)
+            parts |= _read_parameters(i18n)
         with gr.Column(scale=6, min_width=320):
             parts |= _results(i18n)
     _examples(i18n, presets, examples, parts)
@@ -173,9 +185,11 @@ def _prompt_and_buttons(i18n: gr.I18n, with_enhancer: bool) -> dict[str, Any]:
     )
     with gr.Row(elem_id="generate-row"):
         run = gr.Button(i18n("button.generate"), variant="primary", scale=3, elem_id="generate")
-        stop = gr.Button(i18n("button.stop"), variant="stop", scale=1, elem_id="stop")
+        variations = gr.Button(i18n("button.variations"), variant="secondary", scale=2, elem_id="variations")
+        # Enabled by the page script only while a job of this tab waits or runs (see gradio_adapter.page_script).
+        stop = gr.Button(i18n("button.stop"), variant="stop", scale=1, interactive=False, elem_id="stop")
     enhance = gr.Button(i18n("button.enhance"), size="sm", visible=with_enhancer, elem_id="enhance")
-    return {"prompt": prompt, "run": run, "stop": stop, "enhance": enhance}
+    return {"prompt": prompt, "run": run, "variations": variations, "stop": stop, "enhance": enhance}
 
 
 def _size_and_style(i18n: gr.I18n, styles: StyleBook, presets: list[SizePreset]) -> dict[str, Any]:
@@ -318,6 +332,7 @@ def _history_and_log(i18n: gr.I18n) -> dict[str, Any]:
         with gr.Row():
             clear_history = gr.Button(i18n("button.clear_history"), size="sm", elem_id="clear-history")
             reset_session = gr.Button(i18n("button.new_session"), size="sm", elem_id="new-session")
+            downloads = _download_all(i18n)
     with gr.Accordion(i18n("label.log"), open=False, elem_id="log-section"):
         gr.Markdown(i18n("log.note"), elem_classes="glm-note")
         session_log = gr.JSON(label=i18n("label.log"), elem_id="session-log")
@@ -329,7 +344,28 @@ def _history_and_log(i18n: gr.I18n) -> dict[str, Any]:
         "reset_session": reset_session,
         "session_log": session_log,
         "log_download": log_download,
+        **downloads,
     }
+
+
+def _download_all(i18n: gr.I18n) -> dict[str, Any]:
+    # The zip is built when pressed, into the hidden button's value; a page-script step then saves it (a
+    # DownloadButton saves the value it had before its own click handler ran, which would take two presses).
+    download_all = gr.Button(i18n("button.download_all"), size="sm", elem_id="download-all")
+    download_all_file = gr.DownloadButton(i18n("button.download_all"), visible=False, elem_id="download-all-file")
+    return {"download_all": download_all, "download_all_file": download_all_file}
+
+
+def _read_parameters(i18n: gr.I18n) -> dict[str, Any]:
+    with gr.Accordion(i18n("label.read_parameters"), open=False, elem_id="read-parameters"):
+        gr.Markdown(i18n("read.note"), elem_classes="glm-note")
+        # Any file type: a picture that is not a PNG gets the app's own message, in the visitor's language.
+        read_file = gr.File(label=i18n("label.read_file"), file_count="single", elem_id="read-file")
+        read_summary = gr.Markdown(i18n("read.empty"), elem_id="read-summary")
+        # What /read_parameters returns; "Use these settings" reads it. Not shown: the summary says it in words.
+        read_result = gr.JSON(visible=False, elem_id="read-result")
+        use_read = gr.Button(i18n("button.use_parameters"), size="sm", interactive=False, elem_id="use-parameters")
+    return {"read_file": read_file, "read_result": read_result, "read_summary": read_summary, "use_read": use_read}
 
 
 def _privacy(i18n: gr.I18n) -> dict[str, Any]:

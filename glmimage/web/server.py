@@ -29,7 +29,7 @@ from ..auth import LoginThrottle, PasswordFile  # noqa: E402
 from ..config import Settings, load_settings  # noqa: E402
 from ..engine import Engine, LocalEngine  # noqa: E402
 from ..enhancer import EnhancerConfig, PromptEnhancer  # noqa: E402
-from ..i18n import load_translations  # noqa: E402
+from ..i18n import LANGUAGES, load_translations  # noqa: E402
 from ..maintenance import Drain, MaintenanceFile  # noqa: E402
 from ..metrics import LiveValues, Metrics  # noqa: E402
 from ..models.families import expected_family  # noqa: E402
@@ -174,7 +174,9 @@ def launch(
     started = time.monotonic()
     app = create_app(settings, engine_factory)
     demo, loader = app.demo, app.loader
-    from .layout import CSS
+    from ..parameters import MAX_PARAMETERS_FILE_BYTES
+    from .gradio_adapter import page_script
+    from .layout import CSS, TITLE
     from .wiring import forget_idle_sessions_forever
 
     sweeper = FileSweeper(app.files_root, settings.file_ttl)
@@ -231,6 +233,11 @@ def launch(
         # Only Gradio's own start-up call to this server: its certificate names the public host, not 127.0.0.1,
         # and may be self-signed. Visitors' browsers verify as always.
         ssl_verify=not settings.tls,
+        js=page_script(TITLE, tab_title_words(app.context.translator)),
+        favicon_path=str(ASSETS_DIR / "favicon.png"),
+        # The page's only upload is a picture to read parameters from (POST /gradio_api/upload): no larger than
+        # the parameter reader reads.
+        max_file_size=MAX_PARAMETERS_FILE_BYTES,
         app_kwargs={"routes": routes, "lifespan": lifespan, "middleware": middleware},
         prevent_thread_lock=True,
         quiet=False,
@@ -297,6 +304,13 @@ def _wait_until_idle(app: App, timeout: float, cut_short: Callable[[], bool]) ->
     except KeyboardInterrupt:  # a second Ctrl-C without ShutdownSignals installed
         return False
     return True
+
+
+def tab_title_words(translator: Any) -> dict[str, dict[str, str]]:
+    """The tab title's words while a job runs, per language, for the page script."""
+    return {
+        lang: {"step": translator.t("tab.step", lang), "queue": translator.t("tab.queue", lang)} for lang in LANGUAGES
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,13 +35,16 @@ from ..styles import StyleBook
 from . import gradio_adapter as adapter
 from . import handlers
 from .handlers import Context
-from .layout import build_page
+from .layout import TITLE, build_page
 
 # Options of the page's cheap events (no GPU, no outside call): hidden from the API, never waiting for a worker
 # slot, no progress shown.
 QUIET: dict[str, Any] = dict(api_visibility="private", concurrency_limit=None, show_progress="hidden")
 # The prompt enhancer's calls to the outside service running at once, over all visitors.
 ENHANCER_CONCURRENCY = 4
+# Pictures read at once (/read_parameters: a PNG's text chunks, no pixels), and zips built at once (disk work).
+READ_CONCURRENCY = 4
+ZIP_CONCURRENCY = 2
 
 
 @dataclass
@@ -80,7 +83,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> Context:
         family=parts.family,
     )
     with gr.Blocks(
-        title="GLM Image",
+        title=TITLE,
         analytics_enabled=False,
         delete_cache=(max(60, int(settings.file_ttl // 4)), int(settings.file_ttl)),
     ) as demo:
@@ -127,8 +130,11 @@ def wire(ctx: Context) -> None:
     demo.load(bind(handlers.show_operator_notes, ctx), None, notes, queue=False, **QUIET)
     page.maintenance_timer.tick(bind(handlers.show_operator_notes, ctx), None, notes, queue=False, **QUIET)
     _wire_generation(ctx)
+    _wire_variations(ctx)
     _wire_history_and_privacy(ctx)
+    _wire_download_all(ctx)
     _wire_sizes_and_preview(ctx)
+    _wire_read_parameters(ctx)
     if ctx.enhancer is not None:
         page.enhance.click(
             bind(handlers.enhance_prompt, ctx),
@@ -145,26 +151,94 @@ def wire(ctx: Context) -> None:
 
 def _wire_generation(ctx: Context) -> None:
     page = ctx.page
-    generation = gr.on(
-        [page.prompt.submit, page.run.click],
-        bind(handlers.generate, ctx),
+    _gpu_job(
+        ctx, [page.prompt.submit, page.run.click], handlers.generate, handlers.after_generation, api_name="generate"
+    )
+    page.stop.click(handlers.request_stop, [page.session], None, **QUIET)
+
+
+def _wire_variations(ctx: Context) -> None:
+    """Variations: the page's own button, not part of the API. It counts once against the rate limit, as a
+    /generate call with several images does, and as one job against --max-jobs-per-client."""
+    page = ctx.page
+    _gpu_job(
+        ctx,
+        [page.variations.click],
+        handlers.variations,
+        handlers.after_variations,
+        api_name="variations",
+        api_visibility="private",
+    )
+
+
+def _gpu_job(
+    ctx: Context, triggers: list[Any], fn: Callable[..., Any], after: Callable[..., Any], **options: Any
+) -> None:
+    """An event that runs on the GPU: the controls in, the result out, the generation checks before it queues,
+    the "gpu" queue group and concurrency; then ``after`` updates the timings line, history and log."""
+    page = ctx.page
+    job = gr.on(
+        triggers,
+        bind(fn, ctx),
         inputs=[*page.request_inputs, page.session],
         outputs=[page.gallery, page.seed_used, page.details, page.session],
-        api_name="generate",
         validator=bind(check_generation, ctx),
         preprocess=False,
         concurrency_limit=ctx.settings.workers,  # one job per pipeline of the pool
         concurrency_id="gpu",
         show_progress_on=page.gallery,
+        **options,
     )
-    # Not an output of /generate itself: API clients would download the whole history with every call.
-    generation.then(
-        bind(handlers.after_generation, ctx),
-        [page.session, page.details],
-        [page.timings, *page.history_outputs],
+    # Not an output of the job itself: API clients would download the whole history with every call.
+    job.then(bind(after, ctx), [page.session, page.details], [page.timings, *page.history_outputs], **QUIET)
+
+
+def _wire_download_all(ctx: Context) -> None:
+    page = ctx.page
+    zipped = page.download_all.click(
+        bind(handlers.download_all, ctx),
+        [page.session, page.gallery],
+        [page.download_all_file, page.session, *page.history_outputs],
+        api_visibility="private",
+        concurrency_limit=ZIP_CONCURRENCY,
+        concurrency_id="zip",
+        show_progress="hidden",
+    )
+    zipped.success(None, [page.download_all_file], None, js=adapter.SAVE_FILE_JS, **QUIET)
+
+
+def _wire_read_parameters(ctx: Context) -> None:
+    """/read_parameters: through the queue in a cheap group of its own, never waiting for (or counted as) a GPU
+    job. The page then shows what was read, or forgets a refused picture."""
+    page = ctx.page
+    reading = page.read_file.upload(
+        bind(handlers.read_parameters, ctx),
+        [page.read_file],
+        [page.read_result],
+        api_name="read_parameters",
+        preprocess=False,  # the file's path as Gradio received it; nothing is decoded before the handler
+        concurrency_limit=READ_CONCURRENCY,
+        concurrency_id="read_parameters",
+        show_progress="minimal",
+    )
+    reading.success(
+        bind(handlers.show_read_parameters, ctx),
+        [page.read_result],
+        [page.read_file, page.read_summary, page.use_read],
         **QUIET,
     )
-    page.stop.click(handlers.request_stop, [page.session], None, **QUIET)
+    reading.failure(
+        bind(handlers.forget_read_parameters, ctx),
+        None,
+        [page.read_file, page.read_result, page.read_summary, page.use_read],
+        **QUIET,
+    )
+    page.use_read.click(
+        bind(handlers.use_read_parameters, ctx),
+        [page.read_result],
+        [*page.request_inputs, page.size_preset],
+        **QUIET,
+    )
 
 
 def _wire_history_and_privacy(ctx: Context) -> None:
