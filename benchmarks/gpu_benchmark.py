@@ -767,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
 # GLM-Image ------------------------------------------------------------------------------------------------------
 
 # zai-org/GLM-Image's shapes. The AR model (GlmImageForConditionalGeneration, ~9B with its vision encoder and VQ
-# tokenizer) is transformers' GlmImageConfig() as it stands: its defaults are the published model's. The DiT is the
+# tokenizer) is transformers' GlmImageConfig() with GLM-4's partial rotary embedding (below). The DiT is the
 # ~7B single-stream decoder (4096 wide, 30 layers); the glyph encoder is a ByT5-small encoder; the VAE has 16 latent
 # channels and 4 levels (factor 8).
 GLM_FULL_TRANSFORMER = {
@@ -858,7 +858,11 @@ def build_glm_pipeline(shrunk: bool, device: torch.device, dtype: torch.dtype) -
     )
     from transformers.models.glm_image.image_processing_pil_glm_image import GlmImageImageProcessorPil
 
-    config = GlmImageConfig()
+    # transformers' default text config rotates the whole head (128), which its own default mrope sections (8, 12, 12:
+    # 32 frequencies, i.e. 64 rotated dims) do not fit: the H200 run failed there. GLM-4-9B-0414, the AR model's
+    # base, rotates half of each head (partial_rotary_factor 0.5), which fits.
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    config = GlmImageConfig(text_config={"rope_parameters": rope})
     with init_empty_weights(include_buffers=False):
         vision_language_encoder = GlmImageForConditionalGeneration(config)
         text_encoder = T5EncoderModel(T5Config(**GLM_FULL_GLYPH_ENCODER))
