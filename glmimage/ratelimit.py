@@ -128,17 +128,23 @@ class SlidingWindowLimiter:
         self._lock = threading.Lock()
         self._hits: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def check(self, *keys: str) -> float:
+    def check(self, *keys: str, cost: int = 1) -> float:
         """Admit one request counted against every key, or say how long to wait.
 
         All-or-nothing so that a request refused because of one key (say the session) does not use up
         another key's allowance (say the IP). Returns 0.0 when admitted, else the seconds (> 0) until the
         most-limited key has room again. A disabled limit always returns 0.0.
+
+        ``cost`` counts the request as that many requests (a costly generation uses more of the allowance); it is
+        capped at the limit, so even the costliest request fits in an empty window.
         """
         if not keys:
             raise ValueError("check() needs at least one key")
+        if not isinstance(cost, int) or isinstance(cost, bool) or cost < 1:
+            raise ValueError(f"cost must be a whole number >= 1, got {cost!r}")
         if not self.limit.enabled:
             return 0.0
+        cost = min(cost, self.limit.requests)
         period = self.limit.period_s
         unique_keys = list(dict.fromkeys(keys))  # the same string twice is one client, counted once
         with self._lock:
@@ -153,15 +159,15 @@ class SlidingWindowLimiter:
                     hits.popleft()
                 if not hits:
                     del self._hits[key]
-                elif len(hits) >= self.limit.requests:
+                elif len(hits) + cost > self.limit.requests:
                     # The request fits once enough of the oldest hits have left the window.
-                    oldest_to_expire = hits[len(hits) - self.limit.requests]
+                    oldest_to_expire = hits[len(hits) - self.limit.requests + cost - 1]
                     retry_after = max(retry_after, oldest_to_expire + period - now)
             if retry_after > 0:
                 return retry_after
             for key in unique_keys:
                 hits = self._hits.setdefault(key, deque())
-                hits.append(now)
+                hits.extend([now] * cost)
                 self._hits.move_to_end(key)
             while len(self._hits) > self._max_keys:
                 self._hits.popitem(last=False)

@@ -19,7 +19,7 @@ from .config import Settings
 from .engine.base import Engine, GenerationResult, StepCallback, StopCheck
 from .errors import EngineError, InputError, Refused
 from .ratelimit import SlidingWindowLimiter
-from .requests import GenerationRequest, check_prompt_tokens, validate_request
+from .requests import GenerationRequest, check_prompt_tokens, cost_of, validate_request
 from .sessions import HistoryEntry, Session, a1111_parameters, save_png
 from .styles import StyleBook
 
@@ -75,7 +75,9 @@ class GenerationService:
             check_prompt_tokens(final.prompt, final.negative_prompt, self.engine.count_tokens)
             if self.settings.max_jobs_per_client and jobs_for_client >= self.settings.max_jobs_per_client:
                 raise Refused("error.too_many_jobs", max=self.settings.max_jobs_per_client)
-            retry_after = self.limiter.check(f"ip:{client}", f"session:{session_key}")
+            # With --rate-limit-by-cost a request counts as many default requests as it costs (requests.cost_of).
+            cost = cost_of(request) if self.settings.rate_limit_by_cost else 1
+            retry_after = self.limiter.check(f"ip:{client}", f"session:{session_key}", cost=cost)
             if retry_after > 0:
                 raise Refused(
                     "error.rate_limited",

@@ -19,6 +19,7 @@ from typing import Any
 # Gradio's analytics contact the internet when Blocks() is created; off before gradio is imported.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from starlette.middleware import Middleware  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
@@ -52,6 +53,7 @@ class App:
     i18n: Any  # gr.I18n, passed to launch()
     files_root: Path
     engine: Any  # glmimage.engine.Engine
+    edge: Any = None  # glmimage.web.security.Edge
 
 
 EngineFactory = Callable[[PipelineLoader, StyleBook, int], Engine]
@@ -61,6 +63,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     """Check the data files, start loading the model in the background, and build the page (not launched).
 
     ``engine_factory`` lets tests put a faulty engine behind the real page."""
+    from .security import Edge, EdgePolicy
     from .ui import AppParts, build_demo, files_folder, make_i18n
 
     styles = load_styles()
@@ -86,8 +89,11 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     i18n = make_i18n(translator, styles)
     demo = build_demo(parts, i18n)
     # api_open=False: otherwise POST /gradio_api/run/<name> skips the queue and its concurrency limit.
-    demo.queue(default_concurrency_limit=1, max_size=settings.max_queue, api_open=False)
-    return App(demo, loader, i18n, parts.files_root, engine)
+    # No max_size: Gradio's cap counts every waiting event, so a flood of cheap page events refused visitors'
+    # Generate; the Edge counts --max-queue against generations only.
+    demo.queue(default_concurrency_limit=1, max_size=None, api_open=False)
+    edge = Edge(demo, EdgePolicy.from_settings(settings), translator).install()
+    return App(demo, loader, i18n, parts.files_root, engine, edge)
 
 
 def health_route(demo: Any, loader: PipelineLoader, started: float) -> Route:
@@ -124,6 +130,7 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
     started = time.monotonic()
     app = create_app(settings, engine_factory)
     demo, loader = app.demo, app.loader
+    from .security import EdgeMiddleware
     from .ui import CSS, forget_idle_sessions_forever
 
     sweeper = FileSweeper(app.files_root, settings.file_ttl)
@@ -132,11 +139,14 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         sweeper.start()
         reaper = asyncio.create_task(forget_idle_sessions_forever(demo, settings.session_ttl))
+        watch = asyncio.create_task(app.edge.run_forever())  # unlistened jobs, idle sessions, stray uploads
         try:
             yield
         finally:
             reaper.cancel()
+            watch.cancel()
             sweeper.close()  # nothing generated outlives the server
+            app.edge.at_shutdown()
 
     # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so a forged header sent from this machine (or
     # through a local proxy not named) would pick the client address and dodge the rate limit: it must trust
@@ -146,14 +156,20 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
         server_name=settings.host,
         server_port=settings.port,
         i18n=app.i18n,
-        state_session_capacity=settings.max_sessions,
+        # The Edge keeps --max-sessions, evicting idle sessions only; Gradio's own LRU, which would evict a session
+        # in use and keep its files, is only a backstop at twice that.
+        state_session_capacity=settings.max_sessions * 2,
         footer_links=["api", "settings"],
         run_history=False,
         ssr_mode=False,
         share=False,
         show_error=False,  # an unexpected exception's text (paths, internals) never reaches the page
         css=CSS,
-        app_kwargs={"routes": [health_route(demo, loader, started), NO_DEEP_LINKS], "lifespan": lifespan},
+        app_kwargs={
+            "routes": [health_route(demo, loader, started), NO_DEEP_LINKS],
+            "lifespan": lifespan,
+            "middleware": [Middleware(EdgeMiddleware, edge=app.edge)],
+        },
         prevent_thread_lock=True,
         quiet=False,
     )
@@ -168,6 +184,7 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
         finally:
             demo.close(verbose=False)
             sweeper.close()  # nothing generated outlives the server, even if the lifespan did not finish
+            app.edge.at_shutdown()
     return app
 
 

@@ -402,11 +402,25 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             return text, gr.Timer(active=loader.state is ModelState.LOADING), notice
 
         status_outputs = [model_status, status_timer, privacy_notice]
+        # Cheap page events (status, Stop, sizes, preview, restore, metadata toggle) run off the queue (queue=False):
+        # they never wait beside generations. Events that show a toast (gr.Info) need the queue and stay on it.
         demo.load(
-            show_status, None, status_outputs, api_visibility="private", concurrency_limit=None, show_progress="hidden"
+            show_status,
+            None,
+            status_outputs,
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+            queue=False,
         )
         status_timer.tick(
-            show_status, None, status_outputs, api_visibility="private", concurrency_limit=None, show_progress="hidden"
+            show_status,
+            None,
+            status_outputs,
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+            queue=False,
         )
 
         # ---- generation ---------------------------------------------------------------------------------
@@ -580,6 +594,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             api_visibility="private",
             concurrency_limit=None,
             show_progress="hidden",
+            queue=False,
         )
 
         # ---- history, session, privacy -------------------------------------------------------------------
@@ -614,6 +629,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             api_visibility="private",
             concurrency_limit=None,
             show_progress="hidden",
+            queue=False,
         )
 
         def do_clear(session: Session, request: gr.Request) -> tuple:
@@ -712,6 +728,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             api_visibility="private",
             concurrency_limit=None,
             show_progress="hidden",
+            queue=False,
         )
 
         async def on_unload(request: gr.Request) -> None:
@@ -766,6 +783,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             api_visibility="private",
             concurrency_limit=None,
             show_progress="hidden",
+            queue=False,
             preprocess=False,
         )
         height.input(
@@ -775,6 +793,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             api_visibility="private",
             concurrency_limit=None,
             show_progress="hidden",
+            queue=False,
             preprocess=False,
         )
 
@@ -792,6 +811,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             api_visibility="private",
             concurrency_limit=None,
             show_progress="hidden",
+            queue=False,
             trigger_mode="always_last",
             preprocess=False,
         )
