@@ -435,6 +435,10 @@ def test_a_job_nobody_listens_to_is_stopped_and_frees_the_worker_within_seconds(
     assert "nobody reads me either" not in [j["prompt"] for j in engine.jobs]  # dropped before it ran
     assert "dropped a running job nobody listened to" in caplog.text
     assert "dropped a waiting job nobody listened to" in caplog.text
+    # A reader who comes too late is told so, instead of waiting for a result that will never come.
+    late = deaf.get(f"/gradio_api/call/generate/{running.json()['event_id']}")
+    assert late.status_code == 410
+    assert late.json()["detail"].startswith("This job was dropped: its result stream did not connect within 1 s")
 
 
 def test_the_cost_weighted_rate_limit_counts_a_request_as_its_pixels_steps_and_images(server, styles):

@@ -67,7 +67,7 @@ STRAY_MIN_AGE_S = 60.0
 SWEEP_INTERVAL_S = 60.0
 WATCH_INTERVAL_S = 0.5
 # A session id admitted as new is not counted again for this long: a page's first events arrive together,
-# before Gradio has made the session. At most this many such ids are remembered.
+# before Gradio has made the session. At most this many such ids (and dropped jobs) are remembered.
 RECENT_NEW_S = 10.0
 RECENT_NEW_SESSIONS = 4096
 # An HTML page larger than this is not rewritten (Gradio's is ~100 KB); it is served with its scripts blocked.
@@ -192,8 +192,12 @@ class Edge:
         # ("stream", session or job id) while a result stream is open; ("page", session) while a heartbeat is.
         self.open: Counter[tuple[str, str]] = Counter()
         self.recent_new: OrderedDict[str, float] = OrderedDict()
+        # Jobs dropped for want of a listener: a stream opened for one later would wait forever (Gradio sends
+        # nothing for an abandoned job), so it is told at once.
+        self.dropped_jobs: OrderedDict[str, None] = OrderedDict()
         self.evicted = 0
         self.dropped = 0
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once it runs
         self._last_sweep = 0.0
 
     # ---- the queue ----------------------------------------------------------------------------------------------
@@ -287,6 +291,9 @@ class Edge:
         for job in late:
             await adapter.drop_job(self.demo, job.event_id)
             log.info("dropped a %s job nobody listened to", "running" if job.running else "waiting")
+            self.dropped_jobs[job.event_id] = None
+            while len(self.dropped_jobs) > RECENT_NEW_SESSIONS:
+                self.dropped_jobs.popitem(last=False)
         self.dropped += len(late)
         return len(late)
 
@@ -301,6 +308,7 @@ class Edge:
 
     async def run_forever(self) -> None:
         """Run on the server's event loop (its lifespan), where Gradio's queue lives."""
+        self.loop = asyncio.get_running_loop()
         self.sweep_strays()
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
@@ -347,6 +355,8 @@ class Edge:
             if len(sessions) != 1 or not adapter.has_messages_for(self.demo, sessions[0]):
                 return Refusal(404, "edge.unknown_job")
         stream = _CALL_STREAM.fullmatch(path) if method == "GET" else None
+        if stream and stream.group(1) in self.dropped_jobs:
+            return Refusal(410, "edge.job_dropped", {"seconds": f"{self.policy.listener_timeout:g}"})
         if stream and not (EVENT_ID.fullmatch(stream.group(1)) and adapter.job_exists(self.demo, stream.group(1))):
             return Refusal(404, "edge.unknown_job")
         return None
