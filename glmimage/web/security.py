@@ -160,7 +160,6 @@ class Refusal:
     key: str  # message key in assets/i18n (also the log's reason)
     params: dict[str, Any] = field(default_factory=dict)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    text: str | None = None  # a fixed text instead of the translated key (Gradio's own "Queue is full" wording)
 
 
 def route_label(path: str) -> str:
@@ -195,8 +194,6 @@ class Edge:
         # Jobs dropped for want of a listener: a stream opened for one later would wait forever (Gradio sends
         # nothing for an abandoned job), so it is told at once.
         self.dropped_jobs: OrderedDict[str, None] = OrderedDict()
-        self.evicted = 0
-        self.dropped = 0
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once it runs
         self._last_sweep = 0.0
 
@@ -239,7 +236,6 @@ class Edge:
         """Forget a session now, with its history, log and files (Gradio's own eviction keeps the files)."""
         for value in adapter.drop_session(self.demo, session_hash):
             dispose_session(value)
-        self.evicted += 1
 
     def trim_sessions(self, room: int = 0) -> bool:
         """Evict idle sessions, least recently used first, until ``room`` more fit under ``--max-sessions``;
@@ -294,7 +290,6 @@ class Edge:
             self.dropped_jobs[job.event_id] = None
             while len(self.dropped_jobs) > RECENT_NEW_SESSIONS:
                 self.dropped_jobs.popitem(last=False)
-        self.dropped += len(late)
         return len(late)
 
     # ---- files --------------------------------------------------------------------------------------------------
@@ -382,6 +377,8 @@ class Edge:
             facts = adapter.event_function(self.demo, fn_index)
             if facts is None:
                 return Refusal(404, "edge.unknown_event"), False
+            if session is None:
+                return None, False  # Gradio's own 400: a join names its session
         elif (run := _RUN.fullmatch(path)) is not None:
             if isinstance(fn_index, int) and not isinstance(fn_index, bool):
                 facts = adapter.event_function(self.demo, fn_index)
@@ -426,8 +423,6 @@ class Edge:
         return []
 
     def message(self, refusal: Refusal, scope: Scope) -> str:
-        if refusal.text is not None:
-            return refusal.text
         lang = language_of(_header(scope, b"accept-language"))
         return self.translator.t(refusal.key, lang, **refusal.params)
 
