@@ -13,9 +13,9 @@ source address (127.0.0.x). Every loop is bounded in count and in time, and noth
 - ``sessions``: a visitor with their page open and one generation in their history; 600 new sessions from 20
   addresses (30 each) at ``--max-sessions 200``; is the visitor's history still there? And how many of 100 new
   sessions from ONE address are admitted.
-- ``queue`` (``--max-queue 4``): one address floods cheap page events (Stop, Clear history) into the queue for
-  20 s from 8 threads, a new session per join, results never read; a visitor presses Generate again 0.2 s after
-  each result meanwhile: how many presses are admitted.
+- ``queue`` (``--max-queue 4``): one address floods cheap page events (Stop, Clear history) into the queue from
+  8 threads, a new session per join, results never read, while a visitor presses Generate 20 times, each 0.2 s
+  after the last result: how many presses are admitted.
 - ``gpu``: a 100-step 1024x1024 job whose result nobody reads, then a visitor's 1-step job: how long the
   visitor waits.
 - ``logs``: 200 calls to an unknown event index: server log bytes per call, and tracebacks.
@@ -64,7 +64,9 @@ class Scale:
         self.uploads, self.aborted = (5, 2) if shrunk else (100, 10)
         self.max_sessions, self.flood_addresses, self.per_address = (20, 4, 15) if shrunk else (200, 20, 30)
         self.one_address = 20 if shrunk else 100
-        self.flood_s, self.presses = (4.0, 6) if shrunk else (20.0, 36)
+        # The visitor's presses, made one after another while the flood lasts; the flood ends with them, or at the
+        # time cap.
+        self.presses, self.flood_cap_s = (4, 30.0) if shrunk else (20, 150.0)
         # The unread job: long enough that waiting it out is plain to see (tiny model, 1024x1024: ~0.1-0.2 s/step).
         self.long_steps, self.long_side = (20, 512) if shrunk else (100, 1024)
         self.unknown_calls = 20 if shrunk else 200
@@ -350,7 +352,7 @@ def queue(target: Path, scale: Scale) -> dict[str, Any]:
         began = time.monotonic()
         with client(server, source="127.0.0.60") as http:
             for n in range(scale.presses):
-                if time.monotonic() - began > scale.flood_s:
+                if time.monotonic() - began > scale.flood_cap_s:
                     break
                 outcomes[generate(http, {"num_inference_steps": 1, "seed": n})] += 1
                 time.sleep(0.2)

@@ -30,9 +30,10 @@ from conftest import request_kwargs
 from rawhttp import as_data, call, http_client, read_events, session_of, submit
 
 from glmimage import limits
-from glmimage.config import Settings
+from glmimage.config import Settings, load_settings
 from glmimage.engine import LocalEngine
 from glmimage.errors import InputError, Refused
+from glmimage.ratelimit import RateLimit, SlidingWindowLimiter
 from glmimage.requests import cost_of, validate_request
 from glmimage.service import GenerationService
 from glmimage.web.security import sweep_upload_leftovers
@@ -467,6 +468,25 @@ def test_the_cost_weighted_rate_limit_counts_a_request_as_its_pixels_steps_and_i
     assert admitted(True, [{**three_images, "width": 2048, "height": 1024, "num_inference_steps": 100}]) == [True]
 
 
+def test_a_costly_request_waits_until_the_window_has_room_for_its_whole_cost():
+    clock = [0.0]
+    limiter = SlidingWindowLimiter(RateLimit.parse("4/minute"), clock=lambda: clock[0])
+    assert limiter.check("ip:a", cost=3) == 0.0
+    clock[0] = 10.0
+    assert limiter.check("ip:a", cost=1) == 0.0  # 4 of 4 used
+    clock[0] = 20.0
+    assert limiter.check("ip:a", cost=1) == pytest.approx(40.0)  # one hit must leave: the t=0 ones, at t=60
+    assert limiter.check("ip:a", cost=4) == pytest.approx(50.0)  # all four must leave: the t=10 one, at t=70
+    clock[0] = 60.0
+    assert limiter.check("ip:a", cost=3) == 0.0  # the t=0 hits have left: 1 + 3 fit
+    clock[0] = 65.0
+    assert limiter.check("ip:a", cost=1) == pytest.approx(5.0)
+    clock[0] = 200.0
+    assert limiter.check("ip:a", cost=99) == 0.0  # capped at the limit: it fits in an empty window
+    with pytest.raises(ValueError):
+        limiter.check("ip:a", cost=0)
+
+
 # ---- 6. quiet logs ---------------------------------------------------------------------------------------------
 
 
@@ -543,6 +563,20 @@ def test_security_headers_are_on_the_page_the_api_files_and_refusals(server):
     ):
         assert "'nonce-" not in check_headers(response)  # only an HTML page carries inline scripts
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+
+
+def test_frame_ancestors_defaults_to_self_allows_huggingface_on_a_space_and_refuses_header_injection():
+    assert load_settings([], environ={}).frame_ancestors == "'self'"
+    on_space = {"SPACE_ID": "someone/glm-image"}
+    assert load_settings([], environ=on_space).frame_ancestors == "'self' https://huggingface.co"
+    chosen = {**on_space, "GLMIMAGE_FRAME_ANCESTORS": "'none'"}
+    assert load_settings([], environ=chosen).frame_ancestors == "'none'"
+    assert load_settings(["--frame-ancestors", "https://*.example.org"], environ=on_space).frame_ancestors == (
+        "https://*.example.org"
+    )
+    for bad in ("'self'; script-src *", "*", "https://a.org,https://b.org", "'none' 'self'", "", "javascript:x"):
+        with pytest.raises(ValueError, match="frame-ancestors"):
+            load_settings(["--frame-ancestors", bad], environ={})
 
 
 def test_frame_ancestors_follows_the_setting(start_server):
