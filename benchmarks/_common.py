@@ -38,7 +38,7 @@ from glmimage.service import API_FIELDS  # noqa: E402
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 README_TABLE = "README_TABLE.md"
 # The order the combined table lists the benchmarks in.
-BENCHMARKS = ("app_overhead", "startup", "throughput", "memory")
+BENCHMARKS = ("app_overhead", "startup", "throughput", "memory", "attacker")
 
 # The one request every benchmark sends (tiny model, 512x512, 2 steps, fixed seed), as tests/conftest.py's.
 REQUEST: dict[str, Any] = dict(
@@ -126,7 +126,8 @@ def server_env(threads: int | None) -> dict[str, str]:
 
 @dataclass
 class Server:
-    """``python app.py --model tiny`` on a free loopback port, with its own Gradio temporary folder and log file."""
+    """``python app.py --model tiny`` on a free loopback port, with its own Gradio temporary folder and log file.
+    ``repo`` is the checkout whose app.py runs (another commit's worktree, for before/after comparisons)."""
 
     args: Sequence[str] = ()
     model: str = "tiny"
@@ -135,6 +136,7 @@ class Server:
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     temp_dir: Path | None = None
+    repo: Path = REPO_ROOT
 
     @property
     def url(self) -> str:
@@ -163,7 +165,7 @@ class Server:
         env = dict(server_env(self.threads), GRADIO_TEMP_DIR=str(self.temp_dir / "gradio"))
         log = (self.temp_dir / "server.log").open("wb")
         self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(self.command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command, cwd=self.repo, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return self
 

@@ -44,6 +44,27 @@ def parse_devices(text: str) -> list[str]:
     return ["cuda:0" if entry == "cuda" else entry for entry in entries]
 
 
+# A Hugging Face Space shows the app inside huggingface.co's Space page, in a frame.
+SPACE_FRAME_ANCESTORS = "'self' https://huggingface.co"
+# One CSP frame-ancestors source: a keyword, or a scheme and host (wildcard subdomain and port allowed).
+_FRAME_SOURCE = re.compile(r"'self'|'none'|https?://(\*\.)?[a-z0-9.-]+(:[0-9]{1,5})?|https:", re.IGNORECASE)
+
+
+def parse_frame_ancestors(text: str) -> list[str]:
+    """The sources of a ``frame-ancestors`` setting; refuses anything else, since the text goes into a header."""
+    sources = text.split()
+    if not sources:
+        raise ValueError("--frame-ancestors is empty; use 'none' to forbid every frame")
+    for source in sources:
+        if not _FRAME_SOURCE.fullmatch(source):
+            raise ValueError(
+                f"--frame-ancestors: {source!r} is not 'self', 'none' or an origin such as https://huggingface.co"
+            )
+    if "'none'" in sources and len(sources) > 1:
+        raise ValueError("--frame-ancestors: 'none' cannot be combined with other sources")
+    return sources
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything an operator can set. ``model=None`` means: the real model with CUDA, else the tiny one."""
@@ -61,7 +82,11 @@ class Settings:
     max_queue: int = 32
     max_jobs_per_client: int = 2
     rate_limit: str = "10/minute"
+    rate_limit_by_cost: bool = False
     trusted_proxies: str = ""
+    session_rate_limit: str = "60/minute"
+    listener_timeout: float = 5.0
+    frame_ancestors: str = "'self'"
     max_sessions: int = 2000
     session_ttl: float = 3600.0
     file_ttl: float = 7200.0
@@ -103,6 +128,10 @@ class Settings:
             raise ValueError(f"--port must be from 1 to 65535 (got {self.port})")
         RateLimit.parse(self.rate_limit)
         self._check_combinations()
+        RateLimit.parse(self.session_rate_limit)
+        if not 0 < self.listener_timeout <= 600:
+            raise ValueError(f"--listener-timeout must be from 0 to 600 seconds (got {self.listener_timeout:g})")
+        parse_frame_ancestors(self.frame_ancestors)
         object.__setattr__(self, "trusted_proxy_list", parse_trusted_proxies(self.trusted_proxies))
         self.fast_paths  # noqa: B018 - validates the fast-path options now, not at load time
         if not 0 <= self.drain_timeout <= 3600:
@@ -209,6 +238,10 @@ class Settings:
     def parsed_rate_limit(self) -> RateLimit:
         return RateLimit.parse(self.rate_limit)
 
+    @property
+    def parsed_session_rate_limit(self) -> RateLimit:
+        return RateLimit.parse(self.session_rate_limit)
+
 
 def _bool(text: str) -> bool:
     value = text.strip().lower()
@@ -233,6 +266,9 @@ def _env_defaults(environ: Mapping[str, str]) -> dict[str, object]:
             values[f.name] = _bool(raw) if kind is bool else kind(raw)
         except ValueError as exc:
             raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: {exc}") from None
+    if "frame_ancestors" not in values and environ.get("SPACE_ID"):
+        # On a Hugging Face Space the page is shown inside huggingface.co's Space page: allow that frame.
+        values["frame_ancestors"] = SPACE_FRAME_ANCESTORS
     if environ.get("GRADIO_SERVER_NAME"):
         values["host"] = environ["GRADIO_SERVER_NAME"]
     if environ.get("GRADIO_SERVER_PORT"):
@@ -290,6 +326,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="most jobs one visitor may have queued or running (default 2, 0 = no limit)",
     )
     serving.add_argument("--rate-limit", help="generations per visitor, e.g. 6/minute; 0 disables (default 10/minute)")
+    serving.add_argument(
+        "--rate-limit-by-cost",
+        action=argparse.BooleanOptionalAction,
+        help="count a request as many default requests as its pixels x steps x images cost, rounded up "
+        "(1024x1024, 50 steps, 1 image = 1; default off)",
+    )
+    serving.add_argument(
+        "--session-rate-limit",
+        help="new sessions per visitor address, e.g. 60/minute; 0 disables (default 60/minute)",
+    )
+    serving.add_argument(
+        "--listener-timeout",
+        type=float,
+        help="seconds a job may wait for its result stream to connect before it is dropped or stopped (default 5)",
+    )
+    serving.add_argument(
+        "--frame-ancestors",
+        help="pages allowed to show this one in a frame (CSP frame-ancestors), e.g. \"'self' https://huggingface.co\" "
+        "(default 'self'; on a Hugging Face Space 'self' https://huggingface.co)",
+    )
     serving.add_argument(
         "--trusted-proxies",
         help="comma-separated proxy IPs/CIDRs whose X-Forwarded-For is "

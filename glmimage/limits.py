@@ -33,6 +33,10 @@ DEFAULT_GUIDANCE = COGVIEW4.default_guidance
 DEFAULT_NUM_IMAGES = 1
 DEFAULT_STYLE = "none"
 
+# Request bodies: the largest /generate call (two prompts of MAX_PROMPT_CHARS, each character JSON-escaped to
+# 12 bytes) is under 100 KiB; anything bigger is refused before it is read to the end.
+MAX_REQUEST_BODY_BYTES = 256 * 1024
+
 # Per-session memory bounds.
 MAX_HISTORY_ENTRIES = 20
 MAX_LOG_ENTRIES = 200

@@ -121,25 +121,30 @@ class VisitorLimiter:
         # test-then-hit over several keys must be one step: two requests must not both pass the test.
         self._lock = threading.Lock()
 
-    def hit(self, *keys: str) -> float:
+    def hit(self, *keys: str, cost: int = 1) -> float:
         """Admit one request counted against every key, or say how long to wait.
 
         Returns 0.0 when admitted, else the seconds (> 0) until the most-limited key has room again. The same key
-        twice counts once. A disabled limit always returns 0.0.
+        twice counts once. A disabled limit always returns 0.0. ``cost`` counts the request as that many requests
+        (a costly generation uses more of the allowance); it is capped at the limit, so even the costliest request
+        fits in an empty window.
         """
         if not keys:
             raise ValueError("hit() needs at least one key")
+        if not isinstance(cost, int) or isinstance(cost, bool) or cost < 1:
+            raise ValueError(f"cost must be a whole number >= 1, got {cost!r}")
         if self._item is None:
             return 0.0
+        cost = min(cost, self.limit.requests)
         unique = list(dict.fromkeys(keys))
         with self._lock:
-            full = [key for key in unique if not self._window.test(self._item, key)]
+            full = [key for key in unique if not self._window.test(self._item, key, cost=cost)]
             if full:
                 now = time.time()  # the clock of limits' memory storage
                 resets = [self._window.get_window_stats(self._item, key).reset_time for key in full]
                 return max(1e-3, max(resets) - now)
             for key in unique:
-                self._window.hit(self._item, key)
+                self._window.hit(self._item, key, cost=cost)
             return 0.0
 
 

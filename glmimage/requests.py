@@ -18,6 +18,19 @@ from .models.families import COGVIEW4, Family, SizeRules
 from .sizes import size_problem
 from .styles import StyleBook
 
+# Characters that draw nothing on their own: format controls (ZWSP U+200B, ZWJ, BOM, word joiner), every kind of
+# space and line or paragraph separator, and combining marks with no letter to sit on. A prompt made only of these
+# is empty to the reader and to the model, however long it is.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Me"})
+# Letters and symbols that are blank by design: Hangul fillers (U+115F, U+1160, U+3164, U+FFA0), the braille
+# blank (U+2800), Khmer inherent vowels (U+17B4, U+17B5) and the Mongolian vowel separator (U+180E).
+BLANK_CHARACTERS = frozenset("\u115f\u1160\u17b4\u17b5\u180e\u2800\u3164\uffa0")
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` has no character a reader could see (empty, spaces, zero-width or filler characters)."""
+    return all(unicodedata.category(ch) in INVISIBLE_CATEGORIES or ch in BLANK_CHARACTERS for ch in text)
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -63,7 +76,7 @@ def _text(field: str, value: object, *, required: bool) -> str:
     # A lone surrogate (JSON "\ud800") is no character at all: the tokenizer and UTF-8 files refuse it.
     if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\t\n\r" for ch in value):
         raise InputError("error.control_chars", f"{field} contains control characters.", field=field)
-    if required and not value.strip():
+    if required and is_blank(value):
         raise InputError("error.empty_prompt", "Please enter a prompt: it is empty.", field=field)
     return value
 
@@ -220,6 +233,16 @@ def validate_request(
         guidance,
         pictures,
     )
+
+
+def cost_of(request: GenerationRequest, family: Family = COGVIEW4) -> int:
+    """What one request costs against a cost-weighted rate limit: its pixels × steps × images over the family's
+    default request's (CogView4: 1024×1024, 50 steps, one image), rounded up, and never less than 1 (every request
+    has a fixed cost of its own). The largest CogView4 request allowed costs 16."""
+    width, height = family.default_size
+    default = width * height * family.default_steps
+    work = request.width * request.height * request.num_inference_steps * request.num_images
+    return max(1, -(-work // default))
 
 
 def check_reference_count(count: int, family: Family) -> None:

@@ -22,7 +22,7 @@ from .errors import AppError, EngineError, GenerationStopped, InputError, Refuse
 from .maintenance import Drain, MaintenanceFile
 from .models.families import COGVIEW4, Family
 from .ratelimit import VisitorLimiter
-from .requests import GenerationRequest, check_prompt_tokens, validate_prompt_text, validate_request
+from .requests import GenerationRequest, check_prompt_tokens, cost_of, validate_prompt_text, validate_request
 from .sessions import HistoryEntry, Session, a1111_parameters, save_png
 from .styles import StyleBook
 
@@ -126,7 +126,9 @@ class GenerationService:
             check_prompt_tokens(final.prompt, final.negative_prompt, self.engine.count_tokens, self.family)
             if self.settings.max_jobs_per_client and jobs_for_client >= self.settings.max_jobs_per_client:
                 raise Refused("error.too_many_jobs", max=self.settings.max_jobs_per_client)
-            self._count(self.limiter, client, session_key)
+            # With --rate-limit-by-cost a request counts as many default requests as it costs (requests.cost_of).
+            cost = cost_of(request, self.family) if self.settings.rate_limit_by_cost else 1
+            self._count(self.limiter, client, session_key, cost)
         except (InputError, Refused) as exc:
             log.info("refused request: %s", exc.key)
             if session is not None:
@@ -146,9 +148,10 @@ class GenerationService:
         self._count(self.enhancer_limiter, client, session_key)
         return checked
 
-    def _count(self, limiter: VisitorLimiter, client: str, session_key: str) -> None:
-        """One request against the visitor's address and session; Refused with the wait when either is used up."""
-        retry_after = limiter.hit(f"ip:{client}", f"session:{session_key}")
+    def _count(self, limiter: VisitorLimiter, client: str, session_key: str, cost: int = 1) -> None:
+        """One request (``cost`` requests' worth) against the visitor's address and session; Refused with the wait
+        when either is used up."""
+        retry_after = limiter.hit(f"ip:{client}", f"session:{session_key}", cost=cost)
         if retry_after > 0:
             raise Refused("error.rate_limited", seconds=max(1, round(retry_after + 0.5)), limit=str(limiter.limit))
 

@@ -99,7 +99,13 @@ def start_server(tiny_model_path: Path) -> Iterator[Callable[..., RunningServer]
 
     def start(engine_factory: Any = LocalEngine, **overrides: Any) -> RunningServer:
         values: dict[str, Any] = dict(
-            model="tiny", host="127.0.0.1", port=free_port(), rate_limit="0", warmup=False, max_jobs_per_client=0
+            model="tiny",
+            host="127.0.0.1",
+            port=free_port(),
+            rate_limit="0",
+            session_rate_limit="0",
+            warmup=False,
+            max_jobs_per_client=0,
         )
         values.update(overrides)
         settings = Settings(**values)

@@ -130,3 +130,19 @@ def test_memory_samples_rss_after_every_generation_and_tells_allocator_steps_fro
     assert s["drift_mib"] == pytest.approx(s["growth_mib"] - sum(step["mib"] for step in s["steps"]))
     assert s["within_noise"] is (s["growth_mib"] <= s["noise_mib"])
     check_common(data, "memory", out)
+
+
+def test_attacker_measures_memory_disk_and_logs_against_this_checkout(out):
+    # Three of the six scenarios, shrunk, against this checkout only (a BEFORE checkout needs another commit).
+    data = run_benchmark(
+        "attacker", out, "--after", str(REPO_ROOT), "--shrunk", "--scenarios", "memory", "disk", "logs"
+    )
+    r = data["results"]
+    assert "before" not in r and set(r["after"]) == {"memory", "disk", "logs"}
+    memory, disk, logs = r["after"]["memory"], r["after"]["disk"], r["after"]["logs"]
+    assert memory["bodies"] == len(memory["body_statuses"]) == 2 and memory["rss_idle_mib"] > 50
+    assert set(memory["body_statuses"]) <= {413, 0}  # refused (0: the answer was lost to the connection reset)
+    assert disk["uploads"] == sum(disk["upload_statuses"].values()) == 5
+    assert logs["calls"] == sum(logs["statuses"].values()) == 20 and logs["log_bytes_per_call"] >= 0
+    assert len(data["summary"]) == 4  # two memory rows, disk, logs
+    check_common(data, "attacker", out)

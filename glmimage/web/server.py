@@ -72,6 +72,7 @@ class App:
     drain: Drain = dataclasses.field(default_factory=Drain)
     maintenance: MaintenanceFile | None = None
     metrics: Metrics | None = None
+    edge: Any = None  # glmimage.web.security.Edge
 
 
 EngineFactory = Callable[[PipelineLoader, StyleBook, int], Engine]
@@ -83,6 +84,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     ``engine_factory`` lets tests put a faulty engine behind the real page."""
     from .handlers import files_folder
     from .layout import make_i18n
+    from .security import Edge, EdgePolicy
     from .wiring import AppParts, build_demo
 
     styles = load_styles()
@@ -135,8 +137,11 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     context = build_demo(parts, i18n)
     demo = context.demo
     # api_open=False: otherwise POST /gradio_api/run/<name> skips the queue and its concurrency limit.
-    demo.queue(default_concurrency_limit=1, max_size=settings.max_queue, api_open=False)
-    return App(demo, loader, i18n, parts.files_root, engine, context, drain, maintenance, metrics)
+    # No max_size: Gradio's cap counts every waiting event, so a flood of cheap page events refused visitors'
+    # Generate; the Edge counts --max-queue against generations only.
+    demo.queue(default_concurrency_limit=1, max_size=None, api_open=False)
+    edge = Edge(demo, EdgePolicy.from_settings(settings), translator).install()
+    return App(demo, loader, i18n, parts.files_root, engine, context, drain, maintenance, metrics, edge)
 
 
 class ShutdownSignals:
@@ -174,9 +179,9 @@ def launch(
     started = time.monotonic()
     app = create_app(settings, engine_factory)
     demo, loader = app.demo, app.loader
-    from ..parameters import MAX_PARAMETERS_FILE_BYTES
     from .gradio_adapter import page_script
     from .layout import CSS, TITLE
+    from .security import EdgeMiddleware
     from .wiring import forget_idle_sessions_forever
 
     sweeper = FileSweeper(app.files_root, settings.file_ttl)
@@ -185,11 +190,14 @@ def launch(
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         sweeper.start()
         reaper = asyncio.create_task(forget_idle_sessions_forever(demo, settings.session_ttl))
+        watch = asyncio.create_task(app.edge.run_forever())  # unlistened jobs, idle sessions, stray uploads
         try:
             yield
         finally:
             reaper.cancel()
+            watch.cancel()
             sweeper.close()  # nothing generated outlives the server
+            app.edge.at_shutdown()
 
     routes = [
         health_route(demo, loader, started),
@@ -198,7 +206,8 @@ def launch(
     ]
     if app.metrics is not None:
         routes.append(metrics_route(app.metrics))
-    middleware, auth = [], None
+    # Outermost first: the edge (body limits, headers, sessions, uploads) sees every request, the login after it.
+    middleware, auth = [Middleware(EdgeMiddleware, edge=app.edge)], None
     if settings.auth_file:
         auth = make_auth_check(PasswordFile(settings.auth_file))
         middleware.append(
@@ -219,7 +228,9 @@ def launch(
         server_name=settings.host,
         server_port=settings.port,
         i18n=app.i18n,
-        state_session_capacity=settings.max_sessions,
+        # The Edge keeps --max-sessions, evicting idle sessions only; Gradio's own LRU, which would evict a session
+        # in use and keep its files, is only a backstop at twice that.
+        state_session_capacity=settings.max_sessions * 2,
         footer_links=["api", "settings"],
         run_history=False,
         ssr_mode=False,
@@ -235,9 +246,8 @@ def launch(
         ssl_verify=not settings.tls,
         js=page_script(TITLE, tab_title_words(app.context.translator)),
         favicon_path=str(ASSETS_DIR / "favicon.png"),
-        # The page's only upload is a picture to read parameters from (POST /gradio_api/upload): no larger than
-        # the parameter reader reads.
-        max_file_size=MAX_PARAMETERS_FILE_BYTES,
+        # Uploads are pictures (to read parameters from, or to edit): each at most --max-upload-mb.
+        max_file_size=settings.max_upload_bytes,
         app_kwargs={"routes": routes, "lifespan": lifespan, "middleware": middleware},
         prevent_thread_lock=True,
         quiet=False,
@@ -257,6 +267,7 @@ def launch(
             demo.close(verbose=False)
             sweeper.close()  # nothing generated outlives the server, even if the lifespan did not finish
             log.info("stopped; generated files deleted")
+            app.edge.at_shutdown()
     return app
 
 

@@ -40,6 +40,9 @@ from .layout import TITLE, build_page
 # Options of the page's cheap events (no GPU, no outside call): hidden from the API, never waiting for a worker
 # slot, no progress shown.
 QUIET: dict[str, Any] = dict(api_visibility="private", concurrency_limit=None, show_progress="hidden")
+# Cheap events answered at once, off the queue, so they never take a place from a generation (a toast such as
+# gr.Info needs the queue: events that show one stay QUIET).
+INSTANT: dict[str, Any] = dict(QUIET, queue=False)
 # The prompt enhancer's calls to the outside service running at once, over all visitors.
 ENHANCER_CONCURRENCY = 4
 # Pictures read at once (/read_parameters: a PNG's text chunks, no pixels), and zips built at once (disk work).
@@ -123,12 +126,12 @@ def bind(fn: Callable[..., Any], ctx: Context) -> Callable[..., Any]:
 def wire(ctx: Context) -> None:
     page, demo = ctx.page, ctx.demo
     status_outputs = [page.model_status, page.status_timer, page.privacy_notice]
-    demo.load(bind(handlers.show_status, ctx), None, status_outputs, **QUIET)
-    page.status_timer.tick(bind(handlers.show_status, ctx), None, status_outputs, **QUIET)
+    demo.load(bind(handlers.show_status, ctx), None, status_outputs, **INSTANT)
+    page.status_timer.tick(bind(handlers.show_status, ctx), None, status_outputs, **INSTANT)
     # Answered at once, never taking a place in the generation queue.
     notes = [page.maintenance_banner, page.contact_line]
-    demo.load(bind(handlers.show_operator_notes, ctx), None, notes, queue=False, **QUIET)
-    page.maintenance_timer.tick(bind(handlers.show_operator_notes, ctx), None, notes, queue=False, **QUIET)
+    demo.load(bind(handlers.show_operator_notes, ctx), None, notes, **INSTANT)
+    page.maintenance_timer.tick(bind(handlers.show_operator_notes, ctx), None, notes, **INSTANT)
     _wire_generation(ctx)
     _wire_variations(ctx)
     _wire_history_and_privacy(ctx)
@@ -154,7 +157,7 @@ def _wire_generation(ctx: Context) -> None:
     _gpu_job(
         ctx, [page.prompt.submit, page.run.click], handlers.generate, handlers.after_generation, api_name="generate"
     )
-    page.stop.click(handlers.request_stop, [page.session], None, **QUIET)
+    page.stop.click(handlers.request_stop, [page.session], None, **INSTANT)
 
 
 def _wire_variations(ctx: Context) -> None:
@@ -248,7 +251,7 @@ def _wire_history_and_privacy(ctx: Context) -> None:
         bind(handlers.restore, ctx),
         [page.session],
         [*page.request_inputs, page.size_preset, page.gallery, page.seed_used, page.timings],
-        **QUIET,
+        **INSTANT,
     )
     page.clear_history.click(bind(handlers.clear_history, ctx), [page.session], session_and_history, **QUIET)
     page.reset_session.click(
@@ -274,22 +277,20 @@ def _wire_history_and_privacy(ctx: Context) -> None:
         bind(handlers.set_keep_history, ctx), [page.session, page.keep_history], session_and_history, **QUIET
     )
     page.embed_metadata.input(
-        bind(handlers.set_embed_metadata, ctx), [page.session, page.embed_metadata], session_and_history, **QUIET
+        bind(handlers.set_embed_metadata, ctx), [page.session, page.embed_metadata], session_and_history, **INSTANT
     )
 
 
 def _wire_sizes_and_preview(ctx: Context) -> None:
     page = ctx.page
-    page.size_preset.input(
-        bind(handlers.pick_preset, ctx), [page.size_preset], [page.width, page.height], queue=False, **QUIET
-    )
+    page.size_preset.input(bind(handlers.pick_preset, ctx), [page.size_preset], [page.width, page.height], **INSTANT)
     # preprocess=False: a half-typed number arrives as it is, and the handler leaves it alone.
     sides = [page.width, page.height]
     page.width.input(
-        bind(handlers.width_changed, ctx), sides, [page.height, page.size_preset], preprocess=False, **QUIET
+        bind(handlers.width_changed, ctx), sides, [page.height, page.size_preset], preprocess=False, **INSTANT
     )
     page.height.input(
-        bind(handlers.height_changed, ctx), sides, [page.width, page.size_preset], preprocess=False, **QUIET
+        bind(handlers.height_changed, ctx), sides, [page.width, page.size_preset], preprocess=False, **INSTANT
     )
     gr.on(
         [page.prompt.change, page.negative_prompt.change, page.style.change],
@@ -298,7 +299,7 @@ def _wire_sizes_and_preview(ctx: Context) -> None:
         [page.final_prompt, page.final_negative],
         trigger_mode="always_last",
         preprocess=False,
-        **QUIET,
+        **INSTANT,
     )
 
 
