@@ -144,7 +144,10 @@ class VisitorLimiter:
                 resets = [self._window.get_window_stats(self._item, key).reset_time for key in full]
                 return max(1e-3, max(resets) - now)
             for key in unique:
-                self._window.hit(self._item, key, cost=cost)
+                if not self._window.hit(self._item, key, cost=cost):
+                    # limits counts an entry exactly one period old as still in the window when it hits, and as
+                    # gone when it tests: at that instant the request waits a moment.
+                    return 1.0
             return 0.0
 
 
