@@ -15,6 +15,7 @@ from .models.accel import OFFLOAD_MODES, QUANTIZE_MODES, FastPaths
 from .ratelimit import RateLimit, parse_trusted_proxies
 
 DTYPES = ("auto", "bfloat16", "float32")
+BACKENDS = ("local", "ray")
 ENV_PREFIX = "GLMIMAGE_"
 
 
@@ -39,6 +40,11 @@ class Settings:
     session_ttl: float = 3600.0
     file_ttl: float = 7200.0
     log_prompts: bool = False
+    backend: str = "local"
+    replicas: str = "1"
+    replica_gpus: float = 1.0
+    ray_address: str = ""
+    replica_timeout: float = 300.0
     host: str = "127.0.0.1"
     port: int = 7860
     cache_dir: str | None = None
@@ -63,8 +69,46 @@ class Settings:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"--port must be from 1 to 65535 (got {self.port})")
         RateLimit.parse(self.rate_limit)
+        self._check_cluster_options()
         object.__setattr__(self, "trusted_proxy_list", parse_trusted_proxies(self.trusted_proxies))
         self.fast_paths  # noqa: B018 - validates the fast-path options now, not at load time
+
+    def _check_cluster_options(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
+        self.replica_range  # noqa: B018 - validates --replicas now
+        if not self.replica_gpus >= 0:
+            raise ValueError(f"--replica-gpus must be 0 (CPU replicas) or more (got {self.replica_gpus:g})")
+        if not self.replica_timeout > 0:
+            raise ValueError(f"--replica-timeout must be positive (got {self.replica_timeout:g} s)")
+        if self.backend == "ray" and self.concurrency != 1:
+            raise ValueError(
+                "--concurrency is for the local backend: with --backend ray the jobs running at once follow "
+                "--replicas (one job per replica)"
+            )
+        if self.backend == "local":
+            for name, default in (("replicas", "1"), ("ray_address", "")):
+                if getattr(self, name) != default:
+                    raise ValueError(f"--{name.replace('_', '-')} needs --backend ray")
+
+    @property
+    def replica_range(self) -> tuple[int, int]:
+        """``--replicas`` as (min, max): ``N`` is (N, N), ``MIN:MAX`` lets Serve scale between the two."""
+        parts = self.replicas.strip().split(":")
+        numbers = [int(part) for part in parts if part.strip().isdigit()]
+        if len(parts) > 2 or len(numbers) != len(parts) or not 1 <= numbers[0] <= numbers[-1]:
+            raise ValueError(
+                f"--replicas must be a count (e.g. 4) or MIN:MAX with 1 <= MIN <= MAX (e.g. 1:4), "
+                f"got {self.replicas!r}"
+            )
+        return numbers[0], numbers[-1]
+
+    @property
+    def queue_concurrency(self) -> int:
+        """Jobs the Gradio queue runs at once: ``--concurrency`` on this machine; with Ray one per replica that can
+        run, so the most replicas. Under autoscaling the jobs beyond the replicas up wait in Serve's own queue of
+        the deployment handle (at most max - running), and that demand is what makes Serve add replicas."""
+        return self.replica_range[1] if self.backend == "ray" else self.concurrency
 
     @property
     def fast_paths(self) -> FastPaths:
@@ -153,6 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--trusted-proxies",
         help="comma-separated proxy IPs/CIDRs whose X-Forwarded-For is "
         "believed (default: none, the header is ignored)",
+    )
+    cluster = p.add_argument_group("cluster (Ray Serve, needs requirements-ray.txt)")
+    cluster.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="local: the model runs in this process (default); ray: in a Ray Serve pool of replicas",
+    )
+    cluster.add_argument(
+        "--replicas", help="replicas of the model: a count (default 1) or MIN:MAX to autoscale under load"
+    )
+    cluster.add_argument(
+        "--replica-gpus", type=float, help="GPUs per replica (default 1; 0 runs replicas on CPUs; 0.5 shares a GPU)"
+    )
+    cluster.add_argument(
+        "--ray-address",
+        help="empty (default): start a Ray on this machine and stop it on exit; 'auto' or HOST:PORT: join a "
+        "cluster started with 'ray start' and leave it running",
+    )
+    cluster.add_argument(
+        "--replica-timeout",
+        type=float,
+        help="seconds a replica may go without progress, or a job may wait for a free replica, before the job "
+        "moves to another replica once (default 300)",
     )
     privacy = p.add_argument_group("privacy")
     privacy.add_argument("--max-sessions", type=int, help="most sessions kept in memory (default 2000)")

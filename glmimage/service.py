@@ -150,6 +150,7 @@ class GenerationService:
             "final_prompt": result.final.prompt,
             "final_negative_prompt": result.final.negative_prompt,
             "model": self.model_name(),
+            "worker": result.worker,
             "timings": timings,
         }
         session.record("generated", **request.to_dict(), seed_used=result.seed, images=len(files), timings=timings)

@@ -46,6 +46,7 @@ class GenerationResult:
     images: list[Any]  # PIL images
     timings: Timings
     extra: dict[str, Any] = field(default_factory=dict)
+    worker: str = ""  # where it ran (a device, or a Ray replica); copied into the details JSON
 
 
 class Engine(Protocol):

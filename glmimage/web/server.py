@@ -68,10 +68,16 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     presets = load_size_presets()
     examples = load_examples(styles.ids)
     enhancer_config = EnhancerConfig.from_env()
-    loader = PipelineLoader(
-        settings.model, settings.dtype, settings.fast_paths, warmup=settings.warmup, cache_dir=settings.cache_dir
-    ).start()
-    engine = engine_factory(loader, styles, settings.concurrency)
+    if settings.backend == "ray":
+        from ..engine.ray import RayEngine  # the only import of Ray, and only for this backend
+
+        engine = RayEngine(settings, styles)
+        loader = engine.pool  # the replicas' state, shown as a local model's is
+    else:
+        loader = PipelineLoader(
+            settings.model, settings.dtype, settings.fast_paths, warmup=settings.warmup, cache_dir=settings.cache_dir
+        ).start()
+        engine = engine_factory(loader, styles, settings.concurrency)
     parts = AppParts(
         settings=settings,
         loader=loader,
@@ -90,8 +96,11 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     return App(demo, loader, i18n, parts.files_root, engine)
 
 
-def health_route(demo: Any, loader: PipelineLoader, started: float) -> Route:
-    """``/healthz`` for load balancers: answered on the event loop, never behind the GPU queue."""
+def health_route(
+    demo: Any, loader: PipelineLoader, started: float, replicas: Callable[[], dict[str, Any]] = dict
+) -> Route:
+    """``/healthz`` for load balancers: answered on the event loop, never behind the GPU queue. ``replicas``: with
+    --backend ray, the replicas ready versus wanted."""
 
     async def healthz(_request: Request) -> JSONResponse:
         queue = getattr(demo, "_queue", None)
@@ -103,10 +112,22 @@ def health_route(demo: Any, loader: PipelineLoader, started: float) -> Route:
             "dtype": loader.dtype_name,
             "queue_length": len(queue) if queue is not None else 0,
             "uptime_s": round(time.monotonic() - started, 1),
+            **replicas(),
         }
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     return Route("/healthz", healthz, methods=["GET"])
+
+
+def ready_route(loader: Any, replicas: Callable[[], dict[str, Any]] = dict) -> Route:
+    """``/readyz``: 200 only while a model can generate (with Ray: at least one replica up), else 503."""
+
+    async def readyz(_request: Request) -> JSONResponse:
+        ready = loader.state.value == "ready"
+        body = {"ready": ready, "model_state": loader.state.value, **replicas()}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    return Route("/readyz", readyz, methods=["GET"])
 
 
 async def _no_deep_link(_request: Request) -> JSONResponse:
@@ -127,6 +148,7 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
     from .ui import CSS, forget_idle_sessions_forever
 
     sweeper = FileSweeper(app.files_root, settings.file_ttl)
+    replicas = loader.health if settings.backend == "ray" else dict  # replicas ready versus wanted
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -137,6 +159,7 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
         finally:
             reaper.cancel()
             sweeper.close()  # nothing generated outlives the server
+            app.engine.close()  # with Ray: a Ray this server started stops with it
 
     # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so a forged header sent from this machine (or
     # through a local proxy not named) would pick the client address and dodge the rate limit: it must trust
@@ -153,7 +176,14 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
         share=False,
         show_error=False,  # an unexpected exception's text (paths, internals) never reaches the page
         css=CSS,
-        app_kwargs={"routes": [health_route(demo, loader, started), NO_DEEP_LINKS], "lifespan": lifespan},
+        app_kwargs={
+            "routes": [
+                health_route(demo, loader, started, replicas),
+                ready_route(loader, replicas),
+                NO_DEEP_LINKS,
+            ],
+            "lifespan": lifespan,
+        },
         prevent_thread_lock=True,
         quiet=False,
     )
@@ -168,6 +198,7 @@ def launch(settings: Settings, *, block: bool = True, engine_factory: EngineFact
         finally:
             demo.close(verbose=False)
             sweeper.close()  # nothing generated outlives the server, even if the lifespan did not finish
+            app.engine.close()
     return app
 
 

@@ -557,7 +557,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> gr.Blocks:
             api_name="generate",
             validator=check,
             preprocess=False,
-            concurrency_limit=settings.concurrency,
+            concurrency_limit=settings.queue_concurrency,  # --concurrency, or with Ray the most replicas
             concurrency_id="gpu",
             show_progress_on=gallery,
         )
