@@ -27,9 +27,13 @@ from conftest import RunningServer, free_port, request_kwargs
 from PIL import Image
 from rawhttp import http_client, session_of, submit
 
-# As the app does: a Ray call that finds no Ray must fail, not start a cluster of its own (set before ray loads).
+# As the app does (glmimage/engine/ray.py): a Ray call that finds no Ray fails instead of starting a cluster of its
+# own. Read when ray is first imported, which is here.
+_auto_connect_set = "RAY_ENABLE_AUTO_CONNECT" not in os.environ
 os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 pytest.importorskip("ray", reason="the Ray backend needs requirements-ray.txt")
+if _auto_connect_set:
+    del os.environ["RAY_ENABLE_AUTO_CONNECT"]
 
 from glmimage.config import Settings  # noqa: E402
 

@@ -41,9 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Ray starts a local cluster of its own when any of its calls finds none, e.g. a Serve handle's background task
-# after ray.shutdown(). This app says where its Ray is (--ray-address); read when ray is first imported.
-os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
+# Read by Ray when it is first imported, for this process only (set while importing, then removed, so that processes
+# started later, a local Ray's replicas included, keep Ray's defaults):
+# - no auto-connect: Ray would start a cluster of its own when one of its calls finds none (a Serve handle's
+#   background task after ray.shutdown(), say); this app says where its Ray is (--ray-address);
+# - no crash handler in the driver: it catches SIGTERM too and aborts the process after the app's own graceful stop.
+_IMPORT_ENV = {"RAY_ENABLE_AUTO_CONNECT": "0", "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
+_import_env_set = [name for name in _IMPORT_ENV if name not in os.environ]
+os.environ.update({name: _IMPORT_ENV[name] for name in _import_env_set})
 
 import ray  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -59,6 +64,9 @@ from ..requests import GenerationRequest  # noqa: E402
 from ..styles import StyleBook, StyledPrompt  # noqa: E402
 from .base import GenerationResult, GenerationStopped, StepCallback, StopCheck, Timings, pick_seed  # noqa: E402
 from .local import LOAD_TIMEOUT_S, LocalEngine  # noqa: E402
+
+for _name in _import_env_set:
+    del os.environ[_name]
 
 log = logging.getLogger("glmimage.engine.ray")
 
@@ -457,8 +465,9 @@ class RayEngine:
                 # it; without one it would store a token of its own in ~/.ray for every later cluster.
                 self._env_set = ["RAY_AUTH_TOKEN", "RAY_AUTH_MODE"]
                 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-            # No dashboard: one more open port, and memory, for nothing this app reads.
-            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+            # "local": a new Ray, even where `ray start` runs one here (ray.init() would join that). No dashboard:
+            # one more open port, and memory, for nothing this app reads.
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
             self._owns_ray = True
         self._connected = True
         log.info("ray backend: %s, resources %s", address or "a Ray of its own", ray.cluster_resources())
