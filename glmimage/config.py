@@ -77,10 +77,18 @@ class Settings:
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
         self.replica_range  # noqa: B018 - validates --replicas now
-        if not self.replica_gpus >= 0:
-            raise ValueError(f"--replica-gpus must be 0 (CPU replicas) or more (got {self.replica_gpus:g})")
+        if not 0 <= self.replica_gpus <= 1:
+            raise ValueError(
+                f"--replica-gpus must be from 0 (CPU replicas) to 1: a replica runs one pipeline on one GPU, and a "
+                f"fraction puts several replicas on one GPU (got {self.replica_gpus:g})"
+            )
         if not self.replica_timeout > 0:
             raise ValueError(f"--replica-timeout must be positive (got {self.replica_timeout:g} s)")
+        if self.ray_address.startswith("ray://"):
+            raise ValueError(
+                "--ray-address ray://... (Ray Client) cannot stream a job's steps: run the app on a machine of the "
+                "cluster with --ray-address auto (or the head's HOST:PORT)"
+            )
         if self.backend == "ray" and self.concurrency != 1:
             raise ValueError(
                 "--concurrency is for the local backend: with --backend ray the jobs running at once follow "

@@ -188,6 +188,9 @@ def test_the_app_joins_with_the_token_serves_and_leaves_the_cluster_running(toke
     for path in token_cluster.logs.rglob("*"):
         if path.is_file():
             assert SECRET_PROMPT not in path.read_text(errors="replace"), path
+    # The replica ran the code the app sent with the job (a machine of the cluster needs no copy of the app).
+    shipped = token_cluster.logs.parent / "runtime_resources" / "py_modules_files"
+    assert list(shipped.rglob("glmimage/engine/ray.py")), "the glmimage package was not sent with the job"
     # The cluster is still up, and the app took its replicas with it.
     check = driver(
         token_cluster, token_cluster.env, "from ray import serve\nprint('apps', sorted(serve.status().applications))"
