@@ -137,35 +137,24 @@ def test_a_driver_without_the_token_or_with_another_is_refused(token_cluster):
         assert "Failed to connect to Ray cluster" in output, output[-2000:]
 
 
-def test_the_app_joins_with_the_token_serves_and_leaves_the_cluster_running(token_cluster, tmp_path):
-    port = free_port()
-    log = (tmp_path / "app.log").open("w")
-    app = subprocess.Popen(
+def start_app(cluster: Cluster, port: int, log: Path, model: str = "tiny") -> subprocess.Popen:
+    """``python app.py --backend ray --ray-address HOST:PORT``, with the token in its environment."""
+    return subprocess.Popen(
         [
-            sys.executable,
-            "app.py",
-            "--model",
-            "tiny",
-            "--no-warmup",
-            "--rate-limit",
-            "0",
-            "--backend",
-            "ray",
-            "--ray-address",
-            token_cluster.address,
-            "--replicas",
-            "1",
-            "--replica-gpus",
-            "0",
-            "--port",
-            str(port),
+            *(sys.executable, "app.py", "--model", model, "--no-warmup", "--rate-limit", "0", "--port", str(port)),
+            *("--backend", "ray", "--ray-address", cluster.address, "--replicas", "1", "--replica-gpus", "0"),
         ],
         cwd=REPO_ROOT,
-        env={**token_cluster.env, "PYTHONUNBUFFERED": "1"},
-        stdout=log,
+        env={**cluster.env, "PYTHONUNBUFFERED": "1"},
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def test_the_app_joins_with_the_token_serves_and_leaves_the_cluster_running(token_cluster, tmp_path):
+    port = free_port()
+    app = start_app(token_cluster, port, tmp_path / "app.log")
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 240
@@ -205,3 +194,28 @@ def ready(url: str) -> bool:
         return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_model_the_replicas_cannot_load_is_reported_and_the_server_stays_up(token_cluster, tmp_path):
+    port = free_port()
+    app = start_app(token_cluster, port, tmp_path / "app.log", model=str(tmp_path / "no-such-model"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while (body := health_of(url)) is None or body["model_state"] != "failed":
+            assert app.poll() is None and time.monotonic() < deadline, (tmp_path / "app.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert body["status"] == "degraded" and body["replicas_ready"] == 0
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 503
+        outcome = call(http_client(url), request_kwargs())
+        assert outcome.kind == "error"
+        assert outcome.error.startswith("The model is not available: the model folder was not found")
+    finally:
+        stop_group(app, grace_s=60)
+
+
+def health_of(url: str) -> dict | None:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return None

@@ -315,6 +315,8 @@ class ReplicaPool:
             self.state = ModelState.READY if ready else ModelState.LOADING
 
     def fail(self, key: str, detail: str) -> None:
+        if self.state is ModelState.FAILED and key == "load.failed":
+            return  # already failed, and known why (the deployment's message names the loader's reason)
         self.error_key, self.error_detail = key, detail[:300]
         self.state = ModelState.FAILED
 
@@ -478,10 +480,13 @@ class RayEngine:
         app = ImageWorker.options(**deployment_options(self.settings, runtime_env)).bind(self.spec)
         try:
             serve.run(app, name=APP_NAME, route_prefix=None)
-        except Exception as exc:  # noqa: BLE001 - the monitor reports it too, with Serve's own message
+        except Exception as exc:  # noqa: BLE001 - reported on the page and /healthz; the server stays up
             if not self._closed.is_set():
                 log.error("deploying the image workers failed: %s", exc)
-                self.pool.fail(_failure_key(str(exc)), str(exc))
+                try:
+                    self._read_replicas()  # Serve's own message says why, with the loader's key
+                finally:
+                    self.pool.fail(_failure_key(str(exc)), str(exc))
 
     def _monitor(self) -> None:
         while not self._closed.wait(MONITOR_PERIOD_S):
