@@ -142,7 +142,9 @@ def throughput(server: Server, name: str, workers: int, args: argparse.Namespace
         for _ in range(args.warmup):
             list(pool.map(lambda _i: generate_http(warm, server.url, request=THROUGHPUT_REQUEST), range(workers)))
     barrier = threading.Barrier(args.clients)
-    load = OtherLoad(psutil.Process(server.proc.pid), psutil.Process())
+    # Ours: the server with everything it started (with Ray: its Ray and the replicas), and this benchmark.
+    front = psutil.Process(server.proc.pid)
+    load = OtherLoad(front, *front.children(recursive=True), psutil.Process())
     with load, concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
         futures = [pool.submit(client_loop, server.url, args.requests, barrier) for _ in range(args.clients)]
         records = [r for f in futures for r in f.result()]
