@@ -6,6 +6,7 @@ Host and port stay Gradio's own ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -89,14 +90,16 @@ class Settings:
                 "--ray-address ray://... (Ray Client) cannot stream a job's steps: run the app on a machine of the "
                 "cluster with --ray-address auto (or the head's HOST:PORT)"
             )
+        if self.backend == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError("--backend ray needs Ray on this machine: pip install -r requirements-ray.txt")
         if self.backend == "ray" and self.concurrency != 1:
             raise ValueError(
                 "--concurrency is for the local backend: with --backend ray the jobs running at once follow "
                 "--replicas (one job per replica)"
             )
         if self.backend == "local":
-            for name, default in (("replicas", "1"), ("ray_address", "")):
-                if getattr(self, name) != default:
+            for name in ("replicas", "replica_gpus", "ray_address", "replica_timeout"):
+                if getattr(self, name) != getattr(Settings, name):
                     raise ValueError(f"--{name.replace('_', '-')} needs --backend ray")
 
     @property
@@ -216,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--replicas", help="replicas of the model: a count (default 1) or MIN:MAX to autoscale under load"
     )
     cluster.add_argument(
-        "--replica-gpus", type=float, help="GPUs per replica (default 1; 0 runs replicas on CPUs; 0.5 shares a GPU)"
+        "--replica-gpus",
+        type=float,
+        help="GPU share of each replica, 0 to 1 (default 1; 0 runs replicas on CPUs; 0.5 puts two on a GPU)",
     )
     cluster.add_argument(
         "--ray-address",
@@ -226,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--replica-timeout",
         type=float,
-        help="seconds a replica may go without progress, or a job may wait for a free replica, before the job "
-        "moves to another replica once (default 300)",
+        help="seconds a replica may go without progress mid-job, or the pool without any replica up, before the "
+        "job moves to another replica once, then fails with a message (default 300)",
     )
     privacy = p.add_argument_group("privacy")
     privacy.add_argument("--max-sessions", type=int, help="most sessions kept in memory (default 2000)")

@@ -7,6 +7,8 @@ import pytest
 
 from glmimage.config import load_settings
 
+pytest.importorskip("ray", reason="the Ray backend needs requirements-ray.txt (without it --backend ray is refused)")
+
 
 def settings(argv=(), **env):
     return load_settings(list(argv), environ=env)
@@ -58,6 +60,8 @@ def test_the_queue_runs_as_many_jobs_at_once_as_there_can_be_replicas(replicas, 
         (["--backend", "ray", "--ray-address", "ray://head:10001"], "Ray Client"),
         (["--replicas", "2"], "--replicas needs --backend ray"),
         (["--ray-address", "auto"], "--ray-address needs --backend ray"),
+        (["--replica-gpus", "0"], "--replica-gpus needs --backend ray"),
+        (["--replica-timeout", "60"], "--replica-timeout needs --backend ray"),
     ],
 )
 def test_bad_cluster_options_are_refused_with_the_flag_named(argv, words, capsys):
