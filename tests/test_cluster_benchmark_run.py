@@ -3,12 +3,16 @@ cannot rot (as tests/test_benchmarks_run.py does for the other app benchmarks). 
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 from test_benchmarks_run import check_common, run_benchmark
 
-pytest.importorskip("ray", reason="the Ray backend needs requirements-ray.txt")
+# Not imported here: tests/test_ray_backend.py imports Ray first, with the settings the app imports it with.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="the Ray backend needs requirements-ray.txt"
+)
 
 
 def test_cluster_benchmark_compares_backends_and_holds_visitors_waiting(tmp_path: Path, tiny_model_path: Path):

@@ -3,11 +3,16 @@ GLMIMAGE_* like every option, flags win, and each bad value or combination is re
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from glmimage.config import load_settings
 
-pytest.importorskip("ray", reason="the Ray backend needs requirements-ray.txt (without it --backend ray is refused)")
+# Not imported here: tests/test_ray_backend.py imports Ray first, with the settings the app imports it with.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="the Ray backend needs requirements-ray.txt"
+)
 
 
 def settings(argv=(), **env):

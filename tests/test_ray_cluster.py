@@ -7,6 +7,7 @@ addressed), in a process group of its own that the module stops at the end, what
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import secrets
@@ -26,7 +27,10 @@ import pytest
 from conftest import free_port, request_kwargs
 from rawhttp import call, http_client
 
-pytest.importorskip("ray", reason="the Ray backend needs requirements-ray.txt")
+# Not imported here: tests/test_ray_backend.py imports Ray first, with the settings the app imports it with.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="the Ray backend needs requirements-ray.txt"
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))  # the CLI of the Ray this Python runs
