@@ -38,7 +38,7 @@ from glmimage.service import API_FIELDS  # noqa: E402
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 README_TABLE = "README_TABLE.md"
 # The order the combined table lists the benchmarks in.
-BENCHMARKS = ("app_overhead", "startup", "throughput", "memory", "attacker")
+BENCHMARKS = ("app_overhead", "startup", "throughput", "memory", "attacker", "cluster")
 
 # The one request every benchmark sends (tiny model, 512x512, 2 steps, fixed seed), as tests/conftest.py's.
 REQUEST: dict[str, Any] = dict(

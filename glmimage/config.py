@@ -6,6 +6,7 @@ Host and port stay Gradio's own ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import ssl
@@ -17,6 +18,7 @@ from .models.accel import OFFLOAD_MODES, QUANTIZE_MODES, FastPaths
 from .ratelimit import RateLimit, parse_trusted_proxies
 
 DTYPES = ("auto", "bfloat16", "float32")
+BACKENDS = ("local", "ray")
 ENV_PREFIX = "GLMIMAGE_"
 # Settings whose default is None and whose value, when given, is text.
 _OPTIONAL_TEXT = (
@@ -92,6 +94,11 @@ class Settings:
     file_ttl: float = 7200.0
     log_prompts: bool = False
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
+    backend: str = "local"
+    replicas: str = "1"
+    replica_gpus: float = 1.0
+    ray_address: str = ""
+    replica_timeout: float = 300.0
     host: str = "127.0.0.1"
     port: int = 7860
     cache_dir: str | None = None
@@ -132,6 +139,7 @@ class Settings:
         if not 0 < self.listener_timeout <= 600:
             raise ValueError(f"--listener-timeout must be from 0 to 600 seconds (got {self.listener_timeout:g})")
         parse_frame_ancestors(self.frame_ancestors)
+        self._check_cluster_options()
         object.__setattr__(self, "trusted_proxy_list", parse_trusted_proxies(self.trusted_proxies))
         self.fast_paths  # noqa: B018 - validates the fast-path options now, not at load time
         if not 0 <= self.drain_timeout <= 3600:
@@ -218,8 +226,58 @@ class Settings:
 
     @property
     def workers(self) -> int:
-        """Pipelines in the pool, and so jobs at once: ``--concurrency`` per ``--devices`` entry."""
+        """Jobs running at once, and so the Gradio queue's concurrency limit. Locally a pipeline per ``--devices``
+        entry, ``--concurrency`` times. With Ray one job per replica that can run: the most replicas; under
+        autoscaling the jobs beyond the replicas up wait in Serve's own queue of the deployment handle (at most
+        max - running), and that demand is what makes Serve add replicas."""
+        if self.backend == "ray":
+            return self.replica_range[1]
         return max(1, len(self.device_list)) * self.concurrency
+
+    def _check_cluster_options(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
+        self.replica_range  # noqa: B018 - validates --replicas now
+        if not 0 <= self.replica_gpus <= 1:
+            raise ValueError(
+                f"--replica-gpus must be from 0 (CPU replicas) to 1: a replica runs one pipeline on one GPU, and a "
+                f"fraction puts several replicas on one GPU (got {self.replica_gpus:g})"
+            )
+        if not self.replica_timeout > 0:
+            raise ValueError(f"--replica-timeout must be positive (got {self.replica_timeout:g} s)")
+        if self.ray_address.startswith("ray://"):
+            raise ValueError(
+                "--ray-address ray://... (Ray Client) cannot stream a job's steps: run the app on a machine of the "
+                "cluster with --ray-address auto (or the head's HOST:PORT)"
+            )
+        if self.backend == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError("--backend ray needs Ray on this machine: pip install -r requirements-ray.txt")
+        if self.backend == "ray" and self.devices:
+            raise ValueError(
+                "--devices is for the local backend: with --backend ray each replica runs on the GPU(s) Ray gives it "
+                "(--replica-gpus)"
+            )
+        if self.backend == "ray" and self.concurrency != 1:
+            raise ValueError(
+                "--concurrency is for the local backend: with --backend ray the jobs running at once follow "
+                "--replicas (one job per replica)"
+            )
+        if self.backend == "local":
+            for name in ("replicas", "replica_gpus", "ray_address", "replica_timeout"):
+                if getattr(self, name) != getattr(Settings, name):
+                    raise ValueError(f"--{name.replace('_', '-')} needs --backend ray")
+
+    @property
+    def replica_range(self) -> tuple[int, int]:
+        """``--replicas`` as (min, max): ``N`` is (N, N), ``MIN:MAX`` lets Serve scale between the two."""
+        parts = self.replicas.strip().split(":")
+        numbers = [int(part) for part in parts if part.strip().isdigit()]
+        if len(parts) > 2 or len(numbers) != len(parts) or not 1 <= numbers[0] <= numbers[-1]:
+            raise ValueError(
+                f"--replicas must be a count (e.g. 4) or MIN:MAX with 1 <= MIN <= MAX (e.g. 1:4), "
+                f"got {self.replicas!r}"
+            )
+        return numbers[0], numbers[-1]
 
     @property
     def fast_paths(self) -> FastPaths:
@@ -355,6 +413,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-upload-mb",
         type=float,
         help=f"largest picture a visitor may upload to edit, per file (default {DEFAULT_MAX_UPLOAD_MB:g})",
+    )
+    cluster = p.add_argument_group("cluster (Ray Serve, needs requirements-ray.txt)")
+    cluster.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="local: the model runs in this process (default); ray: in a Ray Serve pool of replicas",
+    )
+    cluster.add_argument(
+        "--replicas", help="replicas of the model: a count (default 1) or MIN:MAX to autoscale under load"
+    )
+    cluster.add_argument(
+        "--replica-gpus",
+        type=float,
+        help="GPU share of each replica, 0 to 1 (default 1; 0 runs replicas on CPUs; 0.5 puts two on a GPU)",
+    )
+    cluster.add_argument(
+        "--ray-address",
+        help="empty (default): start a Ray on this machine and stop it on exit; 'auto' or HOST:PORT: join a "
+        "cluster started with 'ray start' and leave it running",
+    )
+    cluster.add_argument(
+        "--replica-timeout",
+        type=float,
+        help="seconds a replica may go without progress mid-job, or the pool without any replica up, before the "
+        "job moves to another replica once, then fails with a message (default 300)",
     )
     privacy = p.add_argument_group("privacy")
     privacy.add_argument("--max-sessions", type=int, help="most sessions kept in memory (default 2000)")

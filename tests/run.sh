@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -r requirements.txt
+# The Ray Serve backend's tests (tests/test_ray_*.py) run a local Ray and a token-authenticated cluster.
+python -m pip install -q -r requirements-ray.txt
 # torchao is optional for the app (--quantize int8 only); the tests exercise that path for real.
 python -m pip install -q torchao==0.18.0
 if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi "wenquanyi"; then

@@ -15,6 +15,7 @@ import contextvars
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,10 +73,15 @@ class LocalEngine:
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
         on_phase: PhaseCallback | None = None,
+        *,
+        pictures: Sequence[Any] = (),
     ) -> concurrent.futures.Future[GenerationResult]:
+        """``pictures``: an edit's reference pictures in memory (a Ray replica gets them with the job), used instead
+        of reading ``request.images`` from this machine's disk."""
         # In the caller's context (Gradio's request context, which spaces.GPU reads on ZeroGPU).
         context = contextvars.copy_context()
-        return self._executor.submit(context.run, self._generate, request, on_step, should_stop, on_phase)
+        extra = {"pictures": pictures} if pictures else {}
+        return self._executor.submit(context.run, self._generate, request, on_step, should_stop, on_phase, **extra)
 
     def count_tokens(self, text: str) -> int | None:
         """Token count of ``text`` as the pipeline reads it, or None while the model is not loaded."""
@@ -105,6 +111,8 @@ class LocalEngine:
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
         on_phase: PhaseCallback | None = None,
+        *,
+        pictures: Sequence[Any] = (),
     ) -> GenerationResult:
         """Run one request to the end (or to a stop) on a free worker; on a thread of this engine when submitted."""
         try:
@@ -112,7 +120,7 @@ class LocalEngine:
         except ModelNotReady as exc:
             raise EngineError(exc.key, detail=exc.detail) from None
         try:
-            return self._run(worker, load_wait, request, on_step, should_stop, on_phase)
+            return self._run(worker, load_wait, request, on_step, should_stop, on_phase, pictures)
         finally:
             self._free.put(worker)
 
@@ -124,6 +132,7 @@ class LocalEngine:
         on_step: StepCallback | None,
         should_stop: StopCheck | None,
         on_phase: PhaseCallback | None = None,
+        pictures: Sequence[Any] = (),
     ) -> GenerationResult:
         family = self.loader.family or COGVIEW4
         final = self.styles.apply(
@@ -142,7 +151,7 @@ class LocalEngine:
             steps=request.num_inference_steps,
             guidance_scale=request.guidance_scale,
             seed=seed,
-            images=tuple(_open_picture(path) for path in request.images),
+            images=tuple(pictures) or tuple(_open_picture(path) for path in request.images),
         )
         record = JobRecord(worker=worker.name, total=job.steps, started=time.monotonic())
         self.recent.append(record)

@@ -21,9 +21,12 @@ from ..models.loading import ModelState, PipelineLoader
 from .gradio_adapter import queue_length
 
 
-def health_route(demo: Any, loader: PipelineLoader, started: float) -> Route:
+def health_route(
+    demo: Any, loader: PipelineLoader, started: float, replicas: Callable[[], dict[str, Any]] = dict
+) -> Route:
     """``GET /healthz``, liveness: 200 while the process serves (loading and warming up included), with the model
-    state in its JSON; 503 only after a failed load, which a restart may cure."""
+    state in its JSON; 503 only after a failed load, which a restart may cure. ``replicas``: with ``--backend
+    ray``, the replicas ready versus wanted (``loader`` is then the Ray pool's view of the model)."""
 
     async def healthz(_request: Request) -> JSONResponse:
         body = {
@@ -35,6 +38,7 @@ def health_route(demo: Any, loader: PipelineLoader, started: float) -> Route:
             "workers": [worker.name for worker in loader.workers],
             "queue_length": queue_length(demo),
             "uptime_s": round(time.monotonic() - started, 1),
+            **replicas(),
         }
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
@@ -54,14 +58,16 @@ def not_ready_reasons(loader: PipelineLoader, maintenance: MaintenanceFile | Non
     return reasons
 
 
-def ready_route(loader: PipelineLoader, reasons: Callable[[], list[str]]) -> Route:
+def ready_route(
+    loader: PipelineLoader, reasons: Callable[[], list[str]], replicas: Callable[[], dict[str, Any]] = dict
+) -> Route:
     """``GET /readyz``, readiness: 200 only when a model is ready to generate and new work is taken; 503 (with the
     reasons) while it loads or warms up, after a failed load, in maintenance and while shutting down, so a load
     balancer or Kubernetes sends no visitor here."""
 
     async def readyz(_request: Request) -> JSONResponse:
         found = reasons()
-        body: dict[str, Any] = {"ready": not found, "model_state": loader.state.value, "reasons": found}
+        body: dict[str, Any] = {"ready": not found, "model_state": loader.state.value, "reasons": found, **replicas()}
         if loader.state is ModelState.FAILED:
             body["reason"] = loader.error_key
         return JSONResponse(body, status_code=503 if found else 200)

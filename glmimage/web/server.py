@@ -93,17 +93,23 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
     examples = load_examples(styles.ids)
     enhancer_config = EnhancerConfig.from_env()
     family = expected_family(settings.model, TINY_FAMILIES)
-    loader = PipelineLoader(
-        settings.model,
-        settings.dtype,
-        settings.fast_paths,
-        warmup=settings.warmup,
-        cache_dir=settings.cache_dir,
-        devices=settings.device_list,
-        concurrency=settings.concurrency,
-        expected_family=family,
-    ).start()
-    engine = engine_factory(loader, styles, settings.workers)
+    if settings.backend == "ray":
+        from ..engine.ray import RayEngine  # the only import of Ray, and only for this backend
+
+        engine = RayEngine(settings, styles, family)
+        loader = engine.pool  # the replicas' state, shown as a local model's is
+    else:
+        loader = PipelineLoader(
+            settings.model,
+            settings.dtype,
+            settings.fast_paths,
+            warmup=settings.warmup,
+            cache_dir=settings.cache_dir,
+            devices=settings.device_list,
+            concurrency=settings.concurrency,
+            expected_family=family,
+        ).start()
+        engine = engine_factory(loader, styles, settings.workers)
     drain = Drain()
     maintenance = MaintenanceFile(settings.maintenance_file) if settings.maintenance_file else None
     metrics = None
@@ -185,6 +191,7 @@ def launch(
     from .wiring import forget_idle_sessions_forever
 
     sweeper = FileSweeper(app.files_root, settings.file_ttl)
+    replicas = loader.health if settings.backend == "ray" else dict  # replicas ready versus wanted
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -198,11 +205,12 @@ def launch(
             watch.cancel()
             sweeper.close()  # nothing generated outlives the server
             app.edge.at_shutdown()
+            app.engine.close()  # with Ray: a Ray this server started stops with it
 
     routes = [
-        health_route(demo, loader, started),
+        health_route(demo, loader, started, replicas),
         NO_DEEP_LINKS,
-        ready_route(loader, lambda: not_ready_reasons(loader, app.maintenance, app.drain)),
+        ready_route(loader, lambda: not_ready_reasons(loader, app.maintenance, app.drain), replicas),
     ]
     if app.metrics is not None:
         routes.append(metrics_route(app.metrics))
@@ -268,6 +276,7 @@ def launch(
             sweeper.close()  # nothing generated outlives the server, even if the lifespan did not finish
             log.info("stopped; generated files deleted")
             app.edge.at_shutdown()
+            app.engine.close()
     return app
 
 
