@@ -311,7 +311,7 @@ def test_the_front_end_still_draws_the_progress_the_page_script_reads():
 
 def test_the_page_script_fills_in_the_title_and_words_as_javascript_strings():
     script = adapter.page_script('GLM "Image"', {"en": {"step": "step {done}/{total}", "queue": "queue"}})
-    assert script.lstrip().startswith("() => {")
+    assert script.lstrip().startswith("(() => {")  # runs itself when the page loads it
     assert 'const TITLE = "GLM \\"Image\\""' in script and '"step": "step {done}/{total}"' in script
     assert "__" not in script.replace("__gradio", "")  # every marker replaced
 

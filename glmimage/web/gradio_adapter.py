@@ -219,7 +219,8 @@ PROGRESS_TEXT = ".progress-text"
 HIDDEN_CLASS = "hide"
 
 _PAGE_SCRIPT = """
-() => {
+(() => {
+ const start = () => {
   const TITLE = __TITLE__, WORDS = __WORDS__;
   const words = WORDS[(navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en"];
   const fill = (text, values) => text.replace(/\\{(\\w+)\\}/g, (_, name) => values[name]);
@@ -287,14 +288,31 @@ _PAGE_SCRIPT = """
     };
     give(40);
   });
-}
+
+  // "Download all": the server puts the zip into the offscreen download button and changes the ticket; the
+  // button, pressed here, saves what it holds.
+  let ticket = "";
+  new MutationObserver(() => {
+    const box = document.querySelector("#download-all-ready textarea, #download-all-ready input");
+    if (!box || !box.value || box.value === ticket) return;
+    ticket = box.value;
+    setTimeout(() => document.querySelector("#download-all-file")?.click(), 100);
+  }).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+ };
+ // Gradio adds the page's head scripts itself, after the document has loaded.
+ if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+ else start();
+})();
 """
 
 
 def page_script(title: str, words: dict[str, dict[str, str]]) -> str:
-    """The function ``launch(js=...)`` runs once the page is up: Stop enabled only while a job of this tab waits
-    or runs, the job's progress in the tab title, Ctrl/Cmd+Enter in the prompt, and pasting a file to read its
-    parameters. ``words``: per language ("en", "zh"), the tab title's "step" and "queue" templates."""
+    """The page's script, served as a file of our own (``routes.page_script_route``) and named in
+    ``launch(head=...)``: Gradio's ``js=`` would need the CSP to allow eval, and Gradio adds head scripts from the
+    page's JavaScript, where no nonce reaches them; a same-origin file needs neither. It enables Stop only while a
+    job of this tab waits or runs, shows the job's progress in the tab title, takes Ctrl/Cmd+Enter in the prompt
+    and a pasted file to read its parameters, and saves the "Download all" zip. ``words``: per language ("en",
+    "zh"), the tab title's "step" and "queue" templates."""
     replacements = {
         "__TITLE__": json.dumps(title),
         "__WORDS__": json.dumps(words, ensure_ascii=False),
@@ -306,20 +324,6 @@ def page_script(title: str, words: dict[str, dict[str, str]]) -> str:
     for marker, value in replacements.items():
         script = script.replace(marker, value)
     return script
-
-
-# A page step after "Download all": the browser saves the file just put into the (hidden) download button.
-SAVE_FILE_JS = """
-(file) => {
-  if (!file || !file.url) return;
-  const link = document.createElement("a");
-  link.href = file.url;
-  link.download = file.orig_name || "";
-  document.body.appendChild(link);
-  link.click();
-  link.remove();
-}
-"""
 
 
 # ---- the security layer (glmimage/web/security.py) -------------------------------------------------------------

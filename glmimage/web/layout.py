@@ -30,6 +30,8 @@ CSS = """
 /* Whole images in the result: Gradio's square cells are wider than the box is tall, which cut images off. */
 #result .grid-container { height: 100%; box-sizing: border-box; }
 #result .thumbnail-item { aspect-ratio: auto; }
+/* Drawn for the page script, out of sight and out of the layout. */
+.glm-offscreen { position: absolute !important; left: -10000px; width: 1px; height: 1px; overflow: hidden; }
 /* The maintenance banner stands out from the page. */
 #maintenance-banner { border: 1px solid var(--color-accent); border-radius: var(--radius-lg);
   background: var(--color-accent-soft); padding: var(--spacing-md) var(--spacing-lg); }
@@ -88,6 +90,7 @@ class Page:
     # Download all.
     download_all: gr.Button
     download_all_file: gr.DownloadButton
+    download_all_ready: gr.Textbox
     contact_line: gr.Markdown
 
     @property
@@ -352,8 +355,23 @@ def _download_all(i18n: gr.I18n) -> dict[str, Any]:
     # The zip is built when pressed, into the hidden button's value; a page-script step then saves it (a
     # DownloadButton saves the value it had before its own click handler ran, which would take two presses).
     download_all = gr.Button(i18n("button.download_all"), size="sm", elem_id="download-all")
-    download_all_file = gr.DownloadButton(i18n("button.download_all"), visible=False, elem_id="download-all-file")
-    return {"download_all": download_all, "download_all_file": download_all_file}
+    # Drawn offscreen, not hidden: the page script presses it once the zip is in it (see gradio_adapter.page_script;
+    # a hidden component is not drawn at all). The ticket changes with every new zip.
+    download_all_file = gr.DownloadButton(
+        i18n("button.download_all"), elem_id="download-all-file", elem_classes="glm-offscreen"
+    )
+    download_all_ready = gr.Textbox(
+        show_label=False,
+        container=False,
+        interactive=False,
+        elem_id="download-all-ready",
+        elem_classes="glm-offscreen",
+    )
+    return {
+        "download_all": download_all,
+        "download_all_file": download_all_file,
+        "download_all_ready": download_all_ready,
+    }
 
 
 def _read_parameters(i18n: gr.I18n) -> dict[str, Any]:

@@ -92,3 +92,18 @@ async def _no_deep_link(_request: Request) -> JSONResponse:
 # the temporary folder that nothing deletes, and serves them to anyone given its name. This page has no deep-link
 # button; the route answers as Gradio does for an unknown session and writes nothing (it is matched before Gradio's).
 NO_DEEP_LINKS = Route("/gradio_api/deep_link", _no_deep_link, methods=["GET"])
+
+
+# Where the page's script is served; relative in the page's head, so a deployment under a path prefix finds it.
+PAGE_SCRIPT_PATH = "/glmimage/page.js"
+
+
+def page_script_route(script: str) -> Route:
+    """``GET /glmimage/page.js``: the page's own script (see ``gradio_adapter.page_script``), from this origin, so
+    the CSP admits it without eval or inline scripts."""
+    body = script.encode("utf-8")
+
+    async def serve(_request: Request) -> Response:
+        return Response(body, media_type="text/javascript", headers={"cache-control": "no-cache"})
+
+    return Route(PAGE_SCRIPT_PATH, serve, methods=["GET"])

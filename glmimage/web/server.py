@@ -39,7 +39,15 @@ from ..sizes import ASSETS_DIR, load_size_presets  # noqa: E402
 from ..styles import StyleBook, load_styles  # noqa: E402
 from .access import LoginGate, make_auth_check  # noqa: E402
 from .gradio_adapter import generation_jobs, undelivered_results  # noqa: E402
-from .routes import NO_DEEP_LINKS, health_route, metrics_route, not_ready_reasons, ready_route  # noqa: E402
+from .routes import (  # noqa: E402
+    NO_DEEP_LINKS,
+    PAGE_SCRIPT_PATH,
+    health_route,
+    metrics_route,
+    not_ready_reasons,
+    page_script_route,
+    ready_route,
+)
 
 log = logging.getLogger("glmimage")
 
@@ -211,6 +219,7 @@ def launch(
         health_route(demo, loader, started, replicas),
         NO_DEEP_LINKS,
         ready_route(loader, lambda: not_ready_reasons(loader, app.maintenance, app.drain), replicas),
+        page_script_route(page_script(TITLE, tab_title_words(app.context.translator))),
     ]
     if app.metrics is not None:
         routes.append(metrics_route(app.metrics))
@@ -252,7 +261,7 @@ def launch(
         # Only Gradio's own start-up call to this server: its certificate names the public host, not 127.0.0.1,
         # and may be self-signed. Visitors' browsers verify as always.
         ssl_verify=not settings.tls,
-        js=page_script(TITLE, tab_title_words(app.context.translator)),
+        head=f'<script src="{PAGE_SCRIPT_PATH.lstrip("/")}"></script>',
         favicon_path=str(ASSETS_DIR / "favicon.png"),
         # Uploads are pictures (to read parameters from, or to edit): each at most --max-upload-mb.
         max_file_size=settings.max_upload_bytes,

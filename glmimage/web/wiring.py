@@ -198,16 +198,15 @@ def _gpu_job(
 
 def _wire_download_all(ctx: Context) -> None:
     page = ctx.page
-    zipped = page.download_all.click(
+    page.download_all.click(
         bind(handlers.download_all, ctx),
         [page.session, page.gallery],
-        [page.download_all_file, page.session, *page.history_outputs],
+        [page.download_all_file, page.download_all_ready, page.session, *page.history_outputs],
         api_visibility="private",
         concurrency_limit=ZIP_CONCURRENCY,
         concurrency_id="zip",
         show_progress="hidden",
     )
-    zipped.success(None, [page.download_all_file], None, js=adapter.SAVE_FILE_JS, **QUIET)
 
 
 def _wire_read_parameters(ctx: Context) -> None:
