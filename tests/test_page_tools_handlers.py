@@ -5,10 +5,12 @@ the server's real upload route, as the page and gradio_client send them."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import httpx
@@ -264,6 +266,13 @@ SETTINGS = dict(
 )
 
 
+def run_async(coroutine: Any) -> Any:
+    """Run a handler coroutine to its end on a thread of its own: the browser tests of the same run keep
+    Playwright's event loop running on this one, where asyncio.run refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def pixels(path: str) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
@@ -271,7 +280,7 @@ def pixels(path: str) -> np.ndarray:
 def test_each_variation_has_its_own_seed_under_it_and_that_seed_alone_redraws_it(ctx):
     session, page = Session(ctx.files_root), ctx.page
 
-    shown = asyncio.run(handlers.variations(ctx, *SETTINGS.values(), session, visitor("en-US", "variations-test")))
+    shown = run_async(handlers.variations(ctx, *SETTINGS.values(), session, visitor("en-US", "variations-test")))
 
     made = shown[page.details]["variations"]
     seeds = [one["seed"] for one in made]
@@ -282,7 +291,7 @@ def test_each_variation_has_its_own_seed_under_it_and_that_seed_alone_redraws_it
         (seed, 1, False) for seed in seeds
     ]
     for (file, _), seed in zip(shown[page.gallery], seeds, strict=True):
-        again = asyncio.run(
+        again = run_async(
             handlers.generate(
                 ctx, *{**SETTINGS, "num_images": 1, "seed": seed, "randomize_seed": False}.values(), session, visitor()
             )
@@ -301,13 +310,13 @@ def test_a_stop_during_the_second_variation_keeps_the_first(ctx):
         if value[0] > SETTINGS["num_inference_steps"]:  # a step of the second variation
             handlers.request_stop(session)
 
-    shown = asyncio.run(handlers.variations(ctx, *SETTINGS.values(), session, visitor(), progress=stop_in_the_second))
+    shown = run_async(handlers.variations(ctx, *SETTINGS.values(), session, visitor(), progress=stop_in_the_second))
     assert len(shown[page.gallery]) == 1 and len(session.history) == 1
     assert shown[page.details]["variations"][0]["seed"] == session.history[0].seed
 
     waiting = visitor()
     adapter.mark_request(waiting, handlers.ENQUEUED_AT, time.monotonic())  # as the validator marks a queued job
     handlers.request_stop(session)  # pressed while the variations still wait in the queue: none is made
-    assert asyncio.run(handlers.variations(ctx, *SETTINGS.values(), session, waiting)) == {page.session: session}
+    assert run_async(handlers.variations(ctx, *SETTINGS.values(), session, waiting)) == {page.session: session}
     assert len(session.history) == 1
     session.dispose()

@@ -16,6 +16,7 @@ import yaml
 
 from glmimage import zerogpu
 from glmimage.engine import LocalEngine
+from glmimage.models.loading import PipelineLoader
 from glmimage.requests import GenerationRequest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ def fake_spaces(monkeypatch):
 
 def test_without_zerogpu_the_generation_call_is_not_wrapped(fake_spaces, monkeypatch):
     monkeypatch.delenv(zerogpu.ENV, raising=False)
-    engine = LocalEngine(loader=None, styles=None)  # type: ignore[arg-type]
+    engine = LocalEngine(PipelineLoader("tiny", warmup=False), styles=None)  # type: ignore[arg-type]  # never started
     assert engine._generate == engine.generate
     assert fake_spaces.calls == []
     assert zerogpu.on_zero_gpu(len, {zerogpu.ENV: "false"}) is len
@@ -110,7 +111,7 @@ def test_without_zerogpu_the_generation_call_is_not_wrapped(fake_spaces, monkeyp
 
 def test_on_zerogpu_the_generation_call_runs_under_spaces_gpu_with_the_jobs_duration(fake_spaces, monkeypatch):
     monkeypatch.setenv(zerogpu.ENV, "true")
-    engine = LocalEngine(loader=None, styles=None)  # type: ignore[arg-type]
+    engine = LocalEngine(PipelineLoader("tiny", warmup=False), styles=None)  # type: ignore[arg-type]  # never started
     [(fn, duration)] = fake_spaces.calls
     assert fn == engine.generate and engine._generate != engine.generate
     assert duration(request(), None, None) == seconds()

@@ -453,6 +453,8 @@ def new_session(ctx: Context, session: Session, request: gr.Request) -> dict[Any
         page.embed_metadata: True,
         page.final_prompt: "",
         page.final_negative: "",
+        page.download_all_file: None,
+        page.download_all_ready: "",
     }
     return {page.session: fresh, **defaults, **history_and_log(ctx, fresh)}
 

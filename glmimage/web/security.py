@@ -75,6 +75,8 @@ MAX_HTML_BYTES = 8 * 2**20
 API = "/gradio_api"
 # Room for the multipart framing around an uploaded file (boundaries, part headers, the file's name).
 UPLOAD_FRAMING_BYTES = 64 * 1024
+# Gradio's route for microphone and webcam recordings: no feature of the page records, so it is always refused.
+RECORDING_ROUTE = f"{API}/process_recording"
 UPLOAD_ROUTES = (f"{API}/upload", f"{API}/process_recording", f"{API}/upload_progress")
 # Routes whose JSON body names an event and a session; each may be a session's first request.
 _RUN = re.compile(rf"{API}/(?:run|api)/([^/]+)/?")
@@ -344,6 +346,8 @@ class Edge:
                 return Refusal(403, "edge.remote_files")
         if path.startswith(f"{API}/proxy="):
             return Refusal(403, "edge.remote_files")
+        if path == RECORDING_ROUTE:
+            return Refusal(403, "edge.recordings_off")
         if path in UPLOAD_ROUTES and self.policy.upload_limit() <= 0:
             return Refusal(403, "edge.uploads_off")
         heartbeat = _HEARTBEAT.fullmatch(path)

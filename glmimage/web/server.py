@@ -223,16 +223,18 @@ def launch(
     ]
     if app.metrics is not None:
         routes.append(metrics_route(app.metrics))
-    # Outermost first: the edge (body limits, headers, sessions, uploads) sees every request, the login after it.
+    # Outermost first: with a login, nobody without one reaches anything else (they get 401 and nothing more); then
+    # the edge (body limits, security headers, sessions, uploads) sees every request.
     middleware, auth = [Middleware(EdgeMiddleware, edge=app.edge)], None
     if settings.auth_file:
         auth = make_auth_check(PasswordFile(settings.auth_file))
-        middleware.append(
+        middleware.insert(
+            0,
             Middleware(
                 LoginGate,
                 server_app=lambda: demo.server_app,
                 throttle=LoginThrottle(),
-            )
+            ),
         )
     # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so a forged header sent from this machine (or
     # through a local proxy not named) would pick the client address and dodge the rate limit: it must trust

@@ -268,6 +268,8 @@ def _wire_history_and_privacy(ctx: Context) -> None:
             page.embed_metadata,
             page.final_prompt,
             page.final_negative,
+            page.download_all_file,
+            page.download_all_ready,
             *page.history_outputs,
         ],
         **QUIET,
