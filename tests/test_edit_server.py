@@ -3,7 +3,7 @@ text-to-image, /edit with one and two pictures, the same seed giving the same pi
 pipelines), hostile pictures refused with nothing else changed, no metadata reaching the model or anything saved,
 nothing of an upload left once its request ends; and /edit refused by CogView4 (``--model tiny``).
 
-One tiny-glm server for the module (its model loads in about a second); 512x512, 2 steps.
+One tiny-glm server for the module (its model loads in about a second); 512x512, 2 steps, one torch thread.
 """
 
 from __future__ import annotations
@@ -50,6 +50,18 @@ class RecordingEngine(LocalEngine):
                     }
                 )
         return super().generate(request, on_step, should_stop, on_phase)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """GLM-Image plans with hundreds of tiny AR steps; on a shared 2-core machine two intra-op threads spin against
+    each other there (see tests/test_glm_image.py), so this module runs torch on one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
