@@ -144,10 +144,13 @@ class EdgePolicy:
 
 def content_security_policy(frame_ancestors: str, nonce: str | None) -> str:
     """The smallest policy Gradio's page works under (checked in Chromium: no violation while the page loads,
-    generates, restores history and shows the API page): everything from the app itself; inline scripts only
-    with this response's nonce; inline styles (Svelte sets style attributes, the theme is a ``<style>``) and
-    ``data:`` images (Gradio's icons); no plugins, no foreign ``<base>`` or form targets."""
-    scripts = f"'self' 'nonce-{nonce}'" if nonce else "'self'"
+    generates, edits, restores history and shows the API page): everything from the app itself; inline scripts
+    only with this response's nonce; ``'unsafe-eval'``, because Gradio's front end compiles every ``js=`` the page
+    uses (the page script of ``launch``, the steps of Download all and of the Edit box) with the
+    ``AsyncFunction`` constructor, and without it the page never gets past "Loading..."; inline styles (Svelte sets
+    style attributes, the theme is a ``<style>``) and ``data:`` images (Gradio's icons); no plugins, no foreign
+    ``<base>`` or form targets."""
+    scripts = f"'self' 'unsafe-eval' 'nonce-{nonce}'" if nonce else "'self'"
     return "; ".join(
         [
             "default-src 'self'",
@@ -522,8 +525,9 @@ class EdgeMiddleware:
             await self._refuse(too_large, scope, send, unread_body=True)
             return
         if path in UPLOAD_ROUTES:
-            # Uploads stream through to Gradio's parser; with a declared size the server itself stops at it.
-            if declared is None:
+            # Uploads stream through to Gradio's parser; with a declared size the server itself stops at it. (A
+            # GET of an upload's progress has no body.)
+            if declared is None and method != "GET":
                 await self._refuse(Refusal(411, "edge.length_required"), scope, send, unread_body=unread)
                 return
             if method == "POST" and path == UPLOAD:

@@ -53,7 +53,7 @@ PICTURES_CONCURRENCY = 2
 # The page copies the Edit box's pictures (gallery items) into /edit's list of files whenever the box changes, in
 # the browser: what Edit sends is always what the box shows, and /edit takes plain files from API clients.
 MIRROR_PICTURES_JS = "(pictures) => { const files = (pictures || []).map((item) => item.image); "
-MIRROR_PICTURES_JS += "return files.length ? files : null; }"
+MIRROR_PICTURES_JS += "return [files.length ? files : null]; }"  # one value per output
 
 
 @dataclass
