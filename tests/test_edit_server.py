@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,19 @@ class RecordingEngine(LocalEngine):
     """The real engine, noting what each job's pictures hold as the job starts: the copies the model reads."""
 
     seen: list[dict[str, Any]] = []
+    pause_s = 0.0  # after the planning phase begins and after each step: time for a test to press Stop
 
     def generate(self, request: Any, on_step: Any = None, should_stop: Any = None, on_phase: Any = None) -> Any:
+        def phase(name: str) -> None:
+            if on_phase is not None:
+                on_phase(name)
+            time.sleep(self.pause_s if name == "planning" else 0.0)
+
+        def step(done: int, total: int) -> None:
+            if on_step is not None:
+                on_step(done, total)
+            time.sleep(self.pause_s)
+
         for path in request.images:
             with Image.open(path) as picture:
                 RecordingEngine.seen.append(
@@ -49,7 +61,7 @@ class RecordingEngine(LocalEngine):
                         "exif": picture.getexif(),
                     }
                 )
-        return super().generate(request, on_step, should_stop, on_phase)
+        return super().generate(request, step, should_stop, phase)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -261,6 +273,53 @@ def test_refusals_of_an_edit_come_in_the_visitors_language(glm, tmp_path, langua
         )
 
 
+# ---- progress and Stop -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def paused():
+    RecordingEngine.pause_s = 0.4
+    yield
+    RecordingEngine.pause_s = 0.0
+
+
+def progress_texts(job: Any, until: Any, timeout: float = 60.0) -> list[str]:
+    """The progress the client sees ("Planning the picture…", "step"), polled until ``until(texts)`` holds."""
+    texts: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not until(texts):
+        assert time.monotonic() < deadline and not job.done(), texts
+        for unit in job.status().progress_data or []:
+            text = f"{unit.desc} {unit.index}/{unit.length}" if unit.length else str(unit.desc)
+            if not texts or texts[-1] != text:
+                texts.append(text)
+        time.sleep(0.02)
+    return texts
+
+
+def test_an_edit_shows_planning_then_its_steps_and_stop_ends_it_between_steps(glm, client, paused, tmp_path):
+    six_steps = {**EDIT, "num_inference_steps": 6}
+    job = client.submit(prompt=PROMPT, images=[handle_file(noise(tmp_path))], **six_steps, api_name="/edit")
+    texts = progress_texts(job, lambda seen: any(text.startswith("step 1/6") for text in seen))
+    assert texts[0] == "Planning the picture…", texts
+    session = session_of(glm, client)
+    before = list(session.history)
+    handlers.request_stop(session)
+    job.result(timeout=60)
+    assert session.history == before and session.log[-1]["event"] == "stopped"
+    assert session.log[-1]["reason"] == "status.stopped" and session.log[-1]["reference_images"] == 1
+
+
+def test_stop_while_an_edit_plans_ends_it_before_any_step(glm, client, paused, tmp_path):
+    job = client.submit(prompt=PROMPT, images=[handle_file(noise(tmp_path))], **EDIT, api_name="/edit")
+    progress_texts(job, lambda seen: "Planning the picture…" in seen)
+    session = session_of(glm, client)
+    handlers.request_stop(session)
+    job.result(timeout=60)
+    assert session.log[-1]["event"] == "stopped"
+    assert glm.app.engine.recent[-1].steps_done == 0 and glm.app.engine.recent[-1].outcome == "stopped"
+
+
 # ---- the same seed, the same picture, on two pipelines at once --------------------------------------------------
 
 
@@ -319,6 +378,23 @@ def test_a_picture_dropped_in_the_edit_box_is_taken_in_and_sets_the_size(glm, tm
     assert session.pictures == shown[page.edit_pictures][1:] and not Path(picture).exists()
     session.dispose()
     assert not session.folder.exists()
+
+
+def test_restoring_an_edit_puts_its_words_back_in_the_edit_box_and_hides_the_old_comparison(glm, client, tmp_path):
+    client.predict(prompt="make the cup red", images=[handle_file(noise(tmp_path))], **EDIT, api_name="/edit")
+    ctx, session = glm.app.context, session_of(glm, client)
+    shown = handlers.restore(ctx, session, gr.SelectData(None, {"index": 0, "value": None}), english())
+    page = ctx.page
+    assert shown[page.edit_prompt] == "make the cup red" and page.prompt not in shown
+    assert shown[page.seed] == 4321 and shown[page.before_after]["visible"] is False
+
+
+def test_the_privacy_notice_says_what_happens_to_uploaded_pictures(glm, server):
+    notice = handlers.show_status(glm.app.context, english())[glm.app.context.page.privacy_notice]
+    assert "rebuilt from their pixels alone" in notice and "GPS" in notice
+    chinese = gr.Request(headers={"accept-language": "zh-CN"})
+    assert "GPS" in handlers.show_status(glm.app.context, chinese)[glm.app.context.page.privacy_notice]
+    assert "GPS" not in handlers.show_status(server.app.context, english())[server.app.context.page.privacy_notice]
 
 
 def upload_file(server: Any, path: Path) -> str:

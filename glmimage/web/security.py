@@ -150,7 +150,7 @@ def content_security_policy(frame_ancestors: str, nonce: str | None) -> str:
     ``AsyncFunction`` constructor, and without it the page never gets past "Loading..."; inline styles (Svelte sets
     style attributes, the theme is a ``<style>``) and ``data:`` images (Gradio's icons); no plugins, no foreign
     ``<base>`` or form targets."""
-    scripts = f"'self' 'unsafe-eval' 'nonce-{nonce}'" if nonce else "'self'"
+    scripts = f"'self' 'nonce-{nonce}' 'unsafe-eval'" if nonce else "'self'"
     return "; ".join(
         [
             "default-src 'self'",
