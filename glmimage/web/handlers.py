@@ -436,7 +436,9 @@ async def edit(
             discard_uploads(ctx, images)
         copies = iter(made)
         paths = [str(next(copies)) if kind == UPLOAD else path for kind, path in sources]
-        forget_removed_pictures(session, [path for kind, path in sources if kind == PICTURE])
+        in_box = [path for kind, path in sources if kind == PICTURE]
+        if in_box:  # from the page: what its Edit box no longer shows is deleted now
+            forget_removed_pictures(session, in_box)
         req = ctx.service.validated(raw, images=paths)
         outcome = await run_job(ctx, req, session, request, progress, enqueued, queue_s)
     except (EngineError, InputError) as exc:
