@@ -241,6 +241,16 @@ def test_a_hostile_picture_is_refused_clearly_and_nothing_else_changes(
     assert len(images) == 1  # the server goes on
 
 
+def test_a_picture_over_the_size_limit_never_reaches_the_server(glm, client, tmp_path):
+    # --max-upload-mb 1: gradio_client reads the limit from the page's config and refuses to send the file; a raw
+    # upload is refused by the edge as it streams in (tests/test_upload_limits.py).
+    big = picture_file(tmp_path, "big.png", encode(photo(1024, 1024), "PNG"))
+    assert big.stat().st_size > 2**20
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        client.predict(prompt=PROMPT, images=[handle_file(big)], **EDIT, api_name="/edit")
+    assert copies_of(big.read_bytes()) == []
+
+
 def test_too_many_pictures_are_refused_before_the_queue_naming_the_limit(glm, client, tmp_path):
     files = [noise(tmp_path, f"p{n}.png", seed=n) for n in range(GLM_IMAGE.max_reference_images + 1)]
     with pytest.raises(ValidationError, match="Too many pictures: 5. GLM-Image takes at most 4."):
