@@ -8,11 +8,14 @@ One tiny-glm server for the module (its model loads in about a second); 512x512,
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import dataclasses
 import hashlib
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -25,9 +28,11 @@ from PIL import Image
 from test_images import encode, frames, jpeg_with_gps_and_orientation, photo, png_claiming
 
 from glmimage.engine import LocalEngine
+from glmimage.maintenance import Drain
 from glmimage.models.families import GLM_IMAGE
+from glmimage.service import EDIT_FIELDS, GenerationService
 from glmimage.web import gradio_adapter as adapter
-from glmimage.web import handlers
+from glmimage.web import handlers, wiring
 
 EDIT = dict(width=512, height=512, num_images=1, seed=4321, randomize_seed=False, num_inference_steps=2)
 GENERATE = dict(EDIT, negative_prompt="", style="none", guidance_scale=1.5)
@@ -281,6 +286,34 @@ def test_refusals_of_an_edit_come_in_the_visitors_language(glm, tmp_path, langua
         glm.client(headers={"Accept-Language": language}).predict(
             prompt=PROMPT, images=[handle_file(f) for f in files], **EDIT, api_name="/edit"
         )
+
+
+def test_an_edit_is_held_to_generates_checks_before_it_queues_and_a_refused_one_keeps_no_upload(glm, tmp_path):
+    ctx = glm.app.context
+    drain = Drain()
+    settings = dataclasses.replace(glm.settings, rate_limit="1/minute")
+    service = GenerationService(
+        settings, glm.app.engine, ctx.styles, lambda: "tiny-glm", drain=drain, family=GLM_IMAGE
+    )
+    checked = dataclasses.replace(ctx, service=service)
+    visitor = SimpleNamespace(host="203.0.113.9")
+    request = gr.Request(headers={"accept-language": "en"}, client=visitor, session_hash="edit-checks")
+
+    def refusals() -> tuple[dict[str, str], str]:
+        upload = upload_file(glm, noise(tmp_path))
+        values = [PROMPT, [{"path": upload}], 512, 512, 1, 1, False, 2, 1.5]
+        results = asyncio.run(wiring.check_edit(checked, *values, handlers.Session(ctx.files_root), request))
+        return {name: r["message"] for name, r in zip(EDIT_FIELDS, results, strict=False) if not r["is_valid"]}, upload
+
+    generate_values = dict(GENERATE, prompt=PROMPT, num_inference_steps=2)
+    service.admit(generate_values, "203.0.113.9", "edit-checks", 0)  # a Generate takes the one request a minute
+    refused, upload = refusals()
+    assert list(refused) == ["prompt"] and refused["prompt"].startswith("Too many requests: the limit is 1/minute")
+    assert not Path(upload).exists()
+    drain.begin()
+    refused, upload = refusals()
+    assert refused == {"prompt": "The server is restarting. Please try again in a minute."}
+    assert not Path(upload).exists()
 
 
 # ---- progress and Stop -------------------------------------------------------------------------------------------
