@@ -99,6 +99,7 @@ class Settings:
     replica_gpus: float = 1.0
     ray_address: str = ""
     replica_timeout: float = 300.0
+    upload_rate_limit: str = "20/minute"
     host: str = "127.0.0.1"
     port: int = 7860
     cache_dir: str | None = None
@@ -136,6 +137,7 @@ class Settings:
         RateLimit.parse(self.rate_limit)
         self._check_combinations()
         RateLimit.parse(self.session_rate_limit)
+        RateLimit.parse(self.upload_rate_limit)
         if not 0 < self.listener_timeout <= 600:
             raise ValueError(f"--listener-timeout must be from 0 to 600 seconds (got {self.listener_timeout:g})")
         parse_frame_ancestors(self.frame_ancestors)
@@ -300,6 +302,10 @@ class Settings:
     def parsed_session_rate_limit(self) -> RateLimit:
         return RateLimit.parse(self.session_rate_limit)
 
+    @property
+    def parsed_upload_rate_limit(self) -> RateLimit:
+        return RateLimit.parse(self.upload_rate_limit)
+
 
 def _bool(text: str) -> bool:
     value = text.strip().lower()
@@ -413,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-upload-mb",
         type=float,
         help=f"largest picture a visitor may upload to edit, per file (default {DEFAULT_MAX_UPLOAD_MB:g})",
+    )
+    serving.add_argument(
+        "--upload-rate-limit",
+        help="uploads per visitor address, e.g. 20/minute; a request counts once per --max-upload-mb it declares "
+        "(a 4-picture upload of 20 MB each counts 4); 0 disables (default 20/minute)",
     )
     cluster = p.add_argument_group("cluster (Ray Serve, needs requirements-ray.txt)")
     cluster.add_argument(

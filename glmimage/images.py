@@ -153,19 +153,7 @@ def read_upload(
     data = _read_bounded(source, max_bytes)
     try:
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-            width, height = image.size  # from the header: nothing is decoded yet
-            if width * height > max_pixels:
-                raise _too_many_pixels(max_pixels)
-            if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
-                raise InputError(
-                    "error.aspect",
-                    f"The picture is too long or too tall ({width}×{height}); {model} takes pictures up to "
-                    f"{max_aspect:g}:1.",
-                    width=width,
-                    height=height,
-                    max_aspect=f"{max_aspect:g}",
-                    model=model,
-                )
+            _check_header(image, max_pixels, max_aspect, model)  # nothing is decoded yet
             image.seek(0)  # animated: the first frame
             image.load()
             rgb = _to_rgb(_oriented(image))
@@ -179,6 +167,58 @@ def read_upload(
         raise InputError("error.upload_type", "Only PNG, JPEG and WebP pictures can be used.") from None
     except Exception:  # noqa: BLE001 - any decoder failure on hostile bytes is a refusal, never a crash
         log.info("refused an upload that could not be decoded", exc_info=True)
+        raise InputError(
+            "error.upload_corrupt", "The picture could not be read: the file is damaged or incomplete."
+        ) from None
+
+
+def _check_header(image: Image.Image, max_pixels: int, max_aspect: float | None, model: str) -> None:
+    """The checks a picture's header alone answers: its pixel count (a decompression bomb) and its shape."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _too_many_pixels(max_pixels)
+    if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
+        raise InputError(
+            "error.aspect",
+            f"The picture is too long or too tall ({width}×{height}); {model} takes pictures up to {max_aspect:g}:1.",
+            width=width,
+            height=height,
+            max_aspect=f"{max_aspect:g}",
+            model=model,
+        )
+
+
+def check_upload_header(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int,
+    max_pixels: int = MAX_UPLOAD_PIXELS,
+    max_aspect: float | None = None,
+    model: str = "",
+) -> None:
+    """What can be refused without decoding (the file's size, its format and pixel count from the header, its
+    shape), cheap enough to run before a job may queue: a refused edit then leaves the queue, the history and the
+    visitor's allowance as they were. :func:`read_upload` checks all of it again, then decodes."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        raise InputError(
+            "error.upload_unreadable", "The uploaded file could not be read; please upload it again."
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError("error.upload_type", "Only PNG, JPEG and WebP pictures can be used.")
+    if info.st_size > max_bytes:
+        raise _too_large(info.st_size, max_bytes)
+    try:
+        with Image.open(path, formats=ALLOWED_FORMATS) as image:  # reads the header only
+            _check_header(image, max_pixels, max_aspect, model)
+    except InputError:
+        raise
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(max_pixels) from None
+    except UnidentifiedImageError:
+        raise InputError("error.upload_type", "Only PNG, JPEG and WebP pictures can be used.") from None
+    except Exception:  # noqa: BLE001 - a header no decoder can read is a refusal, never a crash
         raise InputError(
             "error.upload_corrupt", "The picture could not be read: the file is damaged or incomplete."
         ) from None

@@ -203,9 +203,9 @@ def validate_request(
     if negative_text and not family.negative_prompt:
         raise _unsupported(family, "negative_prompt")
     if not isinstance(style, str) or style not in styles:
-        raise InputError(
-            "error.unknown_style", f"Unknown style {str(style)[:40]!r}: choose one of the list.", style=str(style)[:40]
-        )
+        # Echoed back in the message: as valid UTF-8 (a lone surrogate would break the JSON answer with a 500).
+        shown = str(style)[:40].encode("utf-8", "replace").decode("utf-8")
+        raise InputError("error.unknown_style", f"Unknown style {shown!r}: choose one of the list.", style=shown)
     rules = family.sizes
     width_px = _integer("width", width, rules.min_side, rules.max_side)
     height_px = _integer("height", height, rules.min_side, rules.max_side)

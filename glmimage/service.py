@@ -12,7 +12,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +24,7 @@ from .models.families import COGVIEW4, Family
 from .ratelimit import VisitorLimiter
 from .requests import GenerationRequest, check_prompt_tokens, cost_of, validate_prompt_text, validate_request
 from .sessions import HistoryEntry, Session, a1111_parameters, save_png
-from .styles import StyleBook
+from .styles import NO_STYLE, StyleBook
 
 log = logging.getLogger("glmimage.service")
 
@@ -32,6 +32,18 @@ API_FIELDS = (
     "prompt",
     "negative_prompt",
     "style",
+    "width",
+    "height",
+    "num_images",
+    "seed",
+    "randomize_seed",
+    "num_inference_steps",
+    "guidance_scale",
+)
+# /edit's parameters, in API order: no negative prompt and no style (an edit says what to change, in words).
+EDIT_FIELDS = (
+    "prompt",
+    "images",
     "width",
     "height",
     "num_images",
@@ -112,13 +124,15 @@ class GenerationService:
         jobs_for_client: int,
         session: Session | None = None,
         lang: str = "en",
+        images: Sequence[str] | None = None,
     ) -> GenerationRequest:
         """Validate and apply the limits; raises InputError or Refused. Cheap: it runs before the queue.
 
-        ``lang`` picks the language of a maintenance notice, which comes from the operator's file as it is."""
+        ``lang`` picks the language of a maintenance notice, which comes from the operator's file as it is.
+        ``images`` makes it an edit (/edit): the pictures as they arrived, counted here, taken in by the job."""
         try:
             self.check_open(lang)
-            request = self.validated(raw)
+            request = self.validated(raw, images)
             # The token limit too, before queuing, once the tokenizer is loaded (the engine checks it again).
             final = self.styles.apply(
                 request.style, request.prompt, request.negative_prompt, takes_negative=self.family.negative_prompt
@@ -130,13 +144,24 @@ class GenerationService:
             cost = cost_of(request, self.family) if self.settings.rate_limit_by_cost else 1
             self._count(self.limiter, client, session_key, cost)
         except (InputError, Refused) as exc:
-            log.info("refused request: %s", exc.key)
-            if session is not None:
-                session.record("refused", reason=exc.key, **self._loggable(raw))
-            if self.observer is not None:
-                self.observer.refused(reason_of(exc))
+            self.record_refusal(exc, raw, session, images)
             raise
         return request
+
+    def record_refusal(
+        self,
+        exc: AppError,
+        raw: Mapping[str, Any],
+        session: Session | None,
+        images: Sequence[Any] | None = None,
+    ) -> None:
+        """A request refused before it queued: one log line, the session log, the metrics."""
+        log.info("refused request: %s", exc.key)
+        if session is not None:
+            extra = {} if images is None else {"reference_images": len(images)}
+            session.record("refused", reason=exc.key, **self._loggable(raw), **extra)
+        if self.observer is not None:
+            self.observer.refused(reason_of(exc))
 
     def admit_enhancement(self, text: object, client: str, session_key: str) -> str:
         """Check a prompt the enhancer is asked to rewrite, as a prompt is checked, and count it against the
@@ -164,8 +189,13 @@ class GenerationService:
             text = notice.text(lang)
             raise Refused("error.maintenance", notice=text) if text else Refused("maintenance.default")
 
-    def validated(self, raw: Mapping[str, Any]) -> GenerationRequest:
-        return validate_request(self.styles, **{name: raw.get(name) for name in API_FIELDS}, family=self.family)
+    def validated(self, raw: Mapping[str, Any], images: Sequence[str] | None = None) -> GenerationRequest:
+        """The typed request of /generate's values, or of /edit's with ``images`` (which has no negative prompt
+        and no style to take)."""
+        values = {name: raw.get(name) for name in API_FIELDS}
+        if images is not None:
+            values |= {"negative_prompt": "", "style": NO_STYLE}
+        return validate_request(self.styles, **values, family=self.family, images=images)
 
     def _loggable(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Parameters for the session log: strict JSON (no NaN), valid UTF-8 (raw input may hold a lone surrogate,
@@ -290,7 +320,8 @@ class GenerationService:
             "worker": result.worker,
             "timings": timings,
         }
-        session.record("generated", **request.to_dict(), seed_used=result.seed, images=len(files), timings=timings)
+        event = "edited" if request.images else "generated"
+        session.record(event, **request.to_dict(), seed_used=result.seed, images=len(files), timings=timings)
         entry = HistoryEntry(
             id=uuid.uuid4().hex,
             created=time.time(),

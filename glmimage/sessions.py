@@ -93,6 +93,12 @@ class Session:
     stop_requested_at: float = float("-inf")
     # True once the session ended: its running job stops, and nothing is written into it any more.
     disposed: bool = False
+    # The pictures in the page's Edit box: clean copies (glmimage.images intake) in this session's folder, kept
+    # while they are in the box, so one picture can be edited again and again; they go with the folder.
+    pictures: list[str] = field(default_factory=list)
+    # Which of Gradio's upload paths each picture was taken in from, so a box value sent before its first picture
+    # came back (a second drop soon after the first) still finds it.
+    picture_uploads: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Not a dataclass field: Gradio copies a State's value field by field (dataclasses.asdict), and a lock
@@ -156,11 +162,22 @@ class Session:
             self.history = [e for e in self.history if e not in expired]
 
     def clear_history(self) -> int:
-        """Delete every history entry and every image file of this session; returns how many entries went."""
+        """Delete every history entry and every file of this session but the pictures in its Edit box; returns how
+        many entries went."""
         with self.lock:
             count = len(self.history)
             self.history.clear()
-            shutil.rmtree(self.folder, ignore_errors=True)
+            if not self.pictures:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                return count
+            kept = {Path(picture).name for picture in self.pictures}
+            for path in self.folder.iterdir():
+                if path.name in kept:
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
             return count
 
     def forget_prompts(self) -> None:
@@ -173,6 +190,8 @@ class Session:
         running stops at its next step (it asks :attr:`disposed`) and saves nothing."""
         with self.lock:
             self.disposed = True
+            self.pictures.clear()  # first, so the whole folder goes
+            self.picture_uploads.clear()
             self.clear_history()
             self.log.clear()
 

@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .limits import MAX_PIXELS, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 from .models.families import COGVIEW4, Family, SizeRules
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -73,20 +72,24 @@ def size_for_reference(width: int, height: int, family: Family) -> tuple[int, in
     return fit_size(width, height, family.sizes)
 
 
-def largest_legal_side(other: int) -> int:  # CogView4's rules, for the page's controls
-    """The largest side that, next to ``other``, keeps the image within the pixel limit (for the UI controls)."""
-    side = min(MAX_SIDE, MAX_PIXELS // max(other, 1))
-    return max(MIN_SIDE, side - side % SIDE_MULTIPLE)
+def largest_legal_side(other: int, rules: SizeRules = COGVIEW4.sizes) -> int:
+    """The largest side that, next to ``other``, keeps the image within the pixel limit of ``rules`` (CogView4's
+    unless the page's model has others), for the page's size controls."""
+    side = min(rules.max_side, rules.max_pixels // max(other, 1))
+    return max(rules.min_side, side - side % rules.multiple)
 
 
-def load_size_presets(path: Path = ASSETS_DIR / "sizes.json") -> list[SizePreset]:
-    """Read the presets and refuse a file with a preset that breaks the rules, naming it."""
+def load_size_presets(path: Path = ASSETS_DIR / "sizes.json", family: Family = COGVIEW4) -> list[SizePreset]:
+    """Read the presets and refuse a file with a preset that breaks the rules of ``family`` (the model the page is
+    built for), naming it."""
     entries = json.loads(path.read_text("utf-8"))
     presets = [SizePreset(str(p["ratio"]), int(p["width"]), int(p["height"])) for p in entries]
     for preset in presets:
-        problem = size_problem(preset.width, preset.height)
+        problem = size_problem(preset.width, preset.height, family.sizes)
         if problem:
-            raise ValueError(f"{path.name}: size preset {preset.label} breaks CogView4's size rules ({problem})")
+            raise ValueError(
+                f"{path.name}: size preset {preset.label} breaks {family.display_name}'s size rules ({problem})"
+            )
     if len({p.label for p in presets}) != len(presets):
         raise ValueError(f"{path.name}: size presets must be unique")
     return presets

@@ -104,6 +104,7 @@ def start_server(tiny_model_path: Path) -> Iterator[Callable[..., RunningServer]
             port=free_port(),
             rate_limit="0",
             session_rate_limit="0",
+            upload_rate_limit="0",
             warmup=False,
             max_jobs_per_client=0,
         )

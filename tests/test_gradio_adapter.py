@@ -295,6 +295,67 @@ def test_gradio_notes_any_path_given_to_a_file_input_and_keeps_the_sessions_inpu
     given.unlink()
 
 
+def test_an_upload_is_listed_and_deleting_it_takes_its_folder_and_every_note_gradio_keeps_of_it(upload_app):
+    with httpx.Client(base_url=upload_app.url, timeout=30) as http:
+        path = upload_app.upload(http, b"a picture to delete", "delete-me.png")
+        upload_app.path_of(http, path, "session-delete")  # the file input notes it too
+    assert path in adapter.gradio_uploads(upload_app.demo) and path in upload_app.file.temp_files
+    adapter.delete_gradio_upload(upload_app.demo, path)
+    assert not Path(path).exists() and not Path(path).parent.exists()
+    assert path not in adapter.gradio_uploads(upload_app.demo) and path not in upload_app.file.temp_files
+    adapter.delete_gradio_upload(upload_app.demo, path)  # gone already: nothing to do
+
+
+def test_a_waiting_or_running_jobs_files_are_named_until_it_ends():
+    gate = threading.Event()
+    with gr.Blocks(analytics_enabled=False) as demo:
+        files = gr.File(file_count="multiple")
+        out = gr.Textbox()
+        files.change(lambda value: gate.wait(30) and "done", files, out, api_name="hold_files", preprocess=False)
+    demo.queue(api_open=False)
+    port = free_port()
+    demo.launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            path = http.post("/gradio_api/upload", files={"files": ("held.png", b"held", "image/png")}).json()[0]
+            body = {"data": [[{"path": path, "meta": {"_type": "gradio.FileData"}}]], "session_hash": "held-files"}
+            assert http.post("/gradio_api/call/hold_files", json=body).status_code == 200
+            wait_until(lambda: path in adapter.files_named_by_jobs(demo))
+            gate.set()
+        wait_until(lambda: path not in adapter.files_named_by_jobs(demo))
+    finally:
+        gate.set()
+        demo.close()
+
+
+def test_an_upload_refusal_raised_while_gradio_reads_the_body_deletes_what_it_wrote(tmp_path):
+    from gradio.route_utils import GradioMultiPartParser
+    from starlette.datastructures import Headers
+
+    boundary = "glmboundary"
+    first = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+        + "x" * 1000
+        + f"\r\n--{boundary}\r\n"
+    ).encode()
+
+    async def body() -> Any:
+        yield first
+        raise adapter.upload_refusal("too many files")
+
+    headers = Headers({"content-type": f"multipart/form-data; boundary={boundary}"})
+    parser = GradioMultiPartParser(headers, body(), upload_dir=str(tmp_path), max_file_size=10**9)
+    with pytest.raises(Exception, match="too many files") as refused:
+        asyncio.run(parser.parse())
+    assert type(refused.value).__name__ == "MultiPartException"
+    assert list(tmp_path.iterdir()) == []  # the first file, half written, was deleted
+
+
+def test_an_events_payload_is_what_the_front_end_sent_with_it():
+    sent = {"file": {"path": "/tmp/a.png", "orig_name": "a.png"}, "index": 2}
+    assert adapter.event_payload(gr.EventData(None, sent)) == sent
+
+
 # ---- the page script's view of Gradio's front end -------------------------------------------------------------------
 
 

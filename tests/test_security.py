@@ -209,16 +209,21 @@ def files_outside_glmimage(temp: Path) -> set[Path]:
     return {p for p in temp.rglob("*") if p.is_file() and "glmimage" not in p.relative_to(temp).parts}
 
 
-def test_the_recording_route_is_refused_uploads_are_bounded_and_an_aborted_one_leaves_no_file(server):
-    # Uploads are open (one picture, to read its parameters or to edit) but bounded; recordings are never taken.
+def test_the_recording_route_is_refused_uploads_are_bounded_and_no_unused_or_aborted_upload_stays(server):
+    # Uploads are open (pictures, to read their parameters or to edit) but bounded; recordings are never taken.
     temp = Path(os.environ["GRADIO_TEMP_DIR"])
     before = files_outside_glmimage(temp)
     client = http_client(server.url)
     recording = client.post("/gradio_api/process_recording", files={"video": ("v.mp4", b"x" * 5000)})
     assert recording.status_code == 403
+    assert recording.json()["detail"] == "Recordings are not accepted: no part of this page records sound or video."
     over = server.settings.max_upload_bytes + 1024 * 1024
     too_big = client.post("/gradio_api/upload", files={"files": ("cat.png", b"\x89PNG" + b"x" * over)})
     assert too_big.status_code == 413
+    # An upload no request ever uses goes with the edge's sweep of unused uploads (every 10 s, for uploads older
+    # than UNUSED_UPLOAD_S; here at once).
+    finished = client.post("/gradio_api/upload", files={"files": ("cat.png", b"\x89PNG" + b"x" * 5000)})
+    assert finished.status_code == 200 and Path(finished.json()[0]).is_file()
     # An upload aborted midway: headers and a fifth of a declared 5 MB body, then the connection drops.
     sock = socket.create_connection(("127.0.0.1", server.settings.port), timeout=10)
     boundary = "glmboundary"
@@ -235,8 +240,8 @@ def test_the_recording_route_is_refused_uploads_are_bounded_and_an_aborted_one_l
         pass
     sock.close()
     time.sleep(0.5)
-    # What the aborted upload left is a stray the edge's sweep deletes (every minute once a minute old; here now).
-    server.app.edge.sweep_strays(min_age_s=0.0)
+    server.app.edge.sweep_unused_uploads(max_age_s=0)
+    server.app.edge.sweep_strays(min_age_s=0)  # on schedule: once a stray is a minute old
     assert files_outside_glmimage(temp) == before
 
 
@@ -544,7 +549,10 @@ def check_headers(response: httpx.Response, frame_ancestors: str = "'self'") -> 
     assert response.headers["referrer-policy"] == "no-referrer"
     policy = response.headers["content-security-policy"]
     assert f"frame-ancestors {frame_ancestors}" in policy
-    assert "script-src 'self'" in policy and "unsafe-eval" not in policy
+    assert "script-src 'self'" in policy
+    # No inline script without the nonce, and no eval.
+    scripts = policy.split("script-src")[1].split(";")[0]
+    assert "unsafe-inline" not in scripts and "unsafe-eval" not in scripts
     return policy
 
 

@@ -280,7 +280,7 @@ class PipelineLoader:
         path = str(build(self.cache_dir)) if build is not None else self.choice.name
         # The pipeline class comes from the folder's model_index.json, through the capability table.
         self.family = family = family_of_model(path)
-        if self.expected_family is not None and family is not self.expected_family:
+        if self.expected_family is not None and family.key != self.expected_family.key:  # by key: it may be a copy
             detail = (
                 f"{self.choice.name} is a {family.display_name} model, but the page was built for "
                 f"{self.expected_family.display_name} (a hub id not cached at start): restart the app"

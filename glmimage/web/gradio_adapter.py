@@ -137,8 +137,9 @@ def upload_folder() -> Path:
 # ---- shutdown drain and login (gradio/queueing.py, gradio/routes.py, gradio/templates) ---------------------------
 
 
-# The page's events whose jobs take a pipeline (Generate and Variations): what a shutdown waits for.
-GPU_EVENTS = ("generate", "variations")
+# The page's events whose jobs take a pipeline (Generate, Variations, Edit): what a shutdown waits for, and what
+# --max-jobs-per-client counts.
+GPU_EVENTS = ("generate", "variations", "edit")
 
 
 def generation_jobs(demo: gr.Blocks, api_names: tuple[str, ...] = GPU_EVENTS) -> tuple[int, int]:
@@ -202,6 +203,64 @@ def forget_gradio_upload(demo: gr.Blocks, component: gr.components.Component, pa
     component.temp_files.discard(path)
 
 
+def gradio_uploads(demo: gr.Blocks) -> list[str]:
+    """Every file the upload route wrote that Gradio still notes (``Blocks.upload_file_set``)."""
+    return list(demo.upload_file_set)
+
+
+def delete_gradio_upload(demo: gr.Blocks, path: str) -> None:
+    """Delete an uploaded file, the folder the upload route made for it (``<temp folder>/<hash of its content>/``)
+    once empty, and every note Gradio keeps of it: the upload route's and each component's ``temp_files``, all
+    listed in ``Blocks.temp_file_sets``."""
+    file = Path(path)
+    file.unlink(missing_ok=True)
+    if file.parent.resolve().parent == upload_folder().resolve():
+        try:
+            file.parent.rmdir()
+        except OSError:  # not empty: another upload with the same content is still there
+            pass
+    for notes in demo.temp_file_sets:
+        notes.discard(path)
+
+
+def files_named_by_jobs(demo: gr.Blocks) -> set[str]:
+    """Every file path in the input values of the jobs waiting or running (``Event.data`` is the request's body; its
+    ``data`` holds the inputs as the client sent them), so that a file a queued job will read is kept until it
+    runs."""
+    paths: set[str] = set()
+
+    def collect(value: Any) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("path"), str):
+                paths.add(value["path"])
+            for inner in value.values():
+                collect(inner)
+        elif isinstance(value, (list, tuple)):
+            for inner in value:
+                collect(inner)
+
+    for event in list(waiting_and_running_events(demo)):
+        body = event.data
+        collect(body.data if body is not None else None)
+    return paths
+
+
+def upload_refusal(reason: str) -> Exception:
+    """The exception that, raised while Gradio's upload route reads a request's body, makes it delete every file
+    it has written for that request and answer with ``reason`` (``GradioMultiPartParser.parse`` catches
+    ``MultiPartException``, unlinks its temporary files and re-raises; the route answers 400, or 413 when the text
+    says "maximum allowed size")."""
+    from gradio.route_utils import MultiPartException
+
+    return MultiPartException(reason)
+
+
+def event_payload(event: gr.EventData) -> Any:
+    """What the front end sent with an event, as it came (``EventData._data``): for a Gallery's ``delete``,
+    ``{"file": {...}, "index": i}``, which ``gr.DeletedFileData`` cannot read."""
+    return event._data
+
+
 def forget_input_value(demo: gr.Blocks, session_hash: str | None, component: gr.components.Component) -> None:
     """Gradio keeps the last value of each input of a session (for a file: its path and its original name) until
     the session is dropped; set ``component``'s to None."""
@@ -233,13 +292,15 @@ _PAGE_SCRIPT = """
     return text ? text.textContent : null;
   }
 
-  // Stop is enabled only while a job of this tab waits or runs; the tab title shows how far it is.
+  // Stop (beside Generate, and beside Edit) is enabled only while a job of this tab waits or runs; the tab title
+  // shows how far it is.
   let pending = null;
   function update() {
     pending = null;
     const text = jobText();
-    const stop = document.querySelector("#stop");
-    if (stop && stop.disabled !== (text === null)) stop.disabled = text === null;
+    for (const stop of document.querySelectorAll("#stop, #edit-stop")) {
+      if (stop.disabled !== (text === null)) stop.disabled = text === null;
+    }
     let title = TITLE;
     if (text !== null) {
       const head = text.split("|")[0];
@@ -256,21 +317,37 @@ _PAGE_SCRIPT = """
   });
   update();
 
-  // Ctrl+Enter (Cmd+Enter) in the prompt generates; Enter stays a new line and Shift+Enter Gradio's submit.
+  // Ctrl+Enter (Cmd+Enter) in the prompt generates, in the edit box's description edits; Enter stays a new line
+  // and Shift+Enter Gradio's submit.
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey) || event.isComposing) return;
-    if (!(event.target instanceof Element) || !event.target.closest("#prompt")) return;
+    if (!(event.target instanceof Element)) return;
+    const inPrompt = event.target.closest("#prompt"), inEdit = event.target.closest("#edit-prompt");
+    const button = inPrompt ? "#generate" : inEdit ? "#edit-run" : null;
+    if (!button) return;
     event.preventDefault();
-    document.querySelector("#generate")?.click();
+    document.querySelector(button)?.click();
   }, true);
 
-  // One file pasted on the page (not text into a text box) goes to "Read parameters", as if dropped on its box;
-  // the section opens first when it is closed (its box is only drawn while it is open).
+  // Pictures pasted on the page (not text into a text box): into the Edit box while it is shown, as if dropped
+  // there; otherwise one file goes to "Read parameters", whose section opens first when it is closed (its box is
+  // only drawn while it is open).
   document.addEventListener("paste", (event) => {
     const data = event.clipboardData;
-    if (!data || data.files.length !== 1) return;
+    if (!data || data.files.length < 1) return;
     const inTextBox = event.target instanceof Element && event.target.closest("textarea, input");
     if (inTextBox && data.types.includes("text/plain")) return;
+    const editBox = document.querySelector("#edit-pictures");
+    const editInput = editBox && editBox.offsetParent !== null && editBox.querySelector("input[type='file']");
+    if (editInput) {
+      event.preventDefault();
+      const transfer = new DataTransfer();
+      for (const file of data.files) transfer.items.add(file);
+      editInput.files = transfer.files;
+      editInput.dispatchEvent(new Event("change", {bubbles: true}));
+      return;
+    }
+    if (data.files.length !== 1) return;
     const section = document.querySelector("#read-parameters");
     if (!section) return;
     event.preventDefault();
@@ -311,8 +388,9 @@ def page_script(title: str, words: dict[str, dict[str, str]]) -> str:
     ``launch(head=...)``: Gradio's ``js=`` would need the CSP to allow eval, and Gradio adds head scripts from the
     page's JavaScript, where no nonce reaches them; a same-origin file needs neither. It enables Stop only while a
     job of this tab waits or runs, shows the job's progress in the tab title, takes Ctrl/Cmd+Enter in the prompt
-    and a pasted file to read its parameters, and saves the "Download all" zip. ``words``: per language ("en",
-    "zh"), the tab title's "step" and "queue" templates."""
+    (and in the edit description), pasted pictures into the Edit box while it is shown (else a file to read its
+    parameters), and saves the "Download all" zip. ``words``: per language ("en", "zh"), the tab title's "step"
+    and "queue" templates."""
     replacements = {
         "__TITLE__": json.dumps(title),
         "__WORDS__": json.dumps(words, ensure_ascii=False),

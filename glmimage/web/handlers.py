@@ -30,12 +30,15 @@ from ..config import Settings
 from ..enhancer import PromptEnhancer
 from ..errors import AppError, EngineError, InputError
 from ..i18n import Translator, language_of
+from ..images import check_upload_header, intake_uploads
 from ..maintenance import MaintenanceFile
+from ..models.families import COGVIEW4, SizeRules
 from ..models.loading import ModelState, PipelineLoader
 from ..ratelimit import canonical_address
-from ..service import API_FIELDS, GenerationService
-from ..sessions import Session
-from ..sizes import SizePreset, largest_legal_side, size_problem
+from ..requests import GenerationRequest, check_reference_count
+from ..service import API_FIELDS, GenerationService, Outcome
+from ..sessions import HistoryEntry, Session, SessionEnded
+from ..sizes import SizePreset, largest_legal_side, size_for_reference, size_problem
 from ..styles import NO_STYLE, StyleBook
 from . import gradio_adapter as adapter
 from .layout import CUSTOM_SIZE, Page, default_preset, preset_label
@@ -126,6 +129,8 @@ def show_status(ctx: Context, request: gr.Request) -> dict[Any, Any]:
         "privacy.notice", lang, session_ttl=round(settings.session_ttl / 60), file_ttl=round(settings.file_ttl / 60)
     )
     notice += " " + t("privacy.log_on" if settings.log_prompts else "privacy.log_off", lang)
+    if can_edit(ctx):
+        notice += " " + t("privacy.pictures", lang)
     if ctx.enhancer is not None:
         notice += " " + t("privacy.enhancer", lang)
     if settings.auth_file:  # Gradio's login cookie, the one cookie such a server sets
@@ -195,10 +200,7 @@ async def generate(
     progress: gr.Progress = PROGRESS,
 ) -> dict[Any, Any]:
     """Generate images (the /generate API): returns them, the seed used, and the parameters with timings.
-
-    Async, and the job runs on a worker thread: when Gradio cancels this event (an API client's ``job.cancel()``,
-    which reports CANCELLED at once) the await is where the cancellation lands, and the job is told to stop at
-    its next step, freeing the worker for the next in line."""
+    Async: a cancelled event stops its job (see :func:`run_job`)."""
     lang, page = language(request), ctx.page
     raw = dict(
         prompt=prompt,
@@ -217,43 +219,9 @@ async def generate(
     try:
         # The validator already passed these values; this rebuilds the typed request from them.
         req = ctx.service.validated(raw)
-        # The steps run on the engine's thread; Gradio finds this event's progress bar through context
-        # variables, which a plain call from that thread would not see (the page showed no steps).
-        event_context = contextvars.copy_context()
-        step_text = ctx.translator.t("status.progress", lang)
-        phase_text = ctx.translator.t("status.planning", lang)
-        cancelled = threading.Event()
-
-        def on_phase(phase: str) -> None:
-            # GLM-Image plans (writes its image tokens) before its steps, with no step to report meanwhile.
-            if phase == "planning":
-                event_context.run(progress, None, desc=phase_text)
-
-        try:
-            outcome = await asyncio.to_thread(
-                ctx.service.run,
-                req,
-                session,
-                queue_s,
-                on_step=lambda done, total: event_context.run(progress, (done, total), desc=step_text),
-                should_stop=lambda: (
-                    cancelled.is_set()
-                    or session.stop_requested_at >= enqueued - 0.001
-                    or client_gone(ctx.demo, request.session_hash)
-                ),
-                on_phase=on_phase,
-            )
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-    except EngineError as exc:
-        if exc.key == "status.stopped":
-            gr.Info(message(ctx.translator, exc, lang))
-            # An ended session never comes back as the page's state.
-            return {page.session: gr.skip() if session.disposed else session}
-        raise as_gradio_error(ctx, exc, lang) from None
-    except InputError as exc:
-        raise as_gradio_error(ctx, exc, lang) from None
+        outcome = await run_job(ctx, req, session, request, progress, enqueued, queue_s)
+    except (EngineError, InputError) as exc:
+        return ended_early(ctx, exc, session, lang)
     return {
         page.gallery: outcome.files,
         page.seed_used: outcome.seed,
@@ -262,21 +230,87 @@ async def generate(
     }
 
 
+async def run_job(
+    ctx: Context,
+    req: GenerationRequest,
+    session: Session,
+    request: gr.Request,
+    progress: Any,
+    enqueued: float,
+    queue_s: float,
+) -> Outcome:
+    """One admitted request (Generate, Variations, Edit) on the engine, with its progress ("planning…", then
+    "step i/N") and its stops: the visitor's Stop, a cancelled event, a closed page.
+
+    The job runs on a worker thread: when Gradio cancels this event (an API client's ``job.cancel()``, which
+    reports CANCELLED at once) the await is where the cancellation lands, and the job is told to stop at its next
+    step, freeing the worker for the next in line."""
+    lang = language(request)
+    # The steps run on the engine's thread; Gradio finds this event's progress bar through context
+    # variables, which a plain call from that thread would not see (the page showed no steps).
+    event_context = contextvars.copy_context()
+    step_text = ctx.translator.t("status.progress", lang)
+    phase_text = ctx.translator.t("status.planning", lang)
+    cancelled = threading.Event()
+
+    def on_phase(phase: str) -> None:
+        # GLM-Image plans (writes its image tokens) before its steps, with no step to report meanwhile.
+        if phase == "planning":
+            event_context.run(progress, None, desc=phase_text)
+
+    try:
+        return await asyncio.to_thread(
+            ctx.service.run,
+            req,
+            session,
+            queue_s,
+            on_step=lambda done, total: event_context.run(progress, (done, total), desc=step_text),
+            should_stop=lambda: (
+                cancelled.is_set()
+                or session.stop_requested_at >= enqueued - 0.001
+                or client_gone(ctx.demo, request.session_hash)
+            ),
+            on_phase=on_phase,
+        )
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+
+
+def ended_early(ctx: Context, exc: AppError, session: Session, lang: str) -> dict[Any, Any]:
+    """A job that stopped (the visitor's Stop: a notice, nothing else changes) or failed (a message in the
+    visitor's language, raised as the event's error)."""
+    if exc.key == "status.stopped":
+        gr.Info(message(ctx.translator, exc, lang))
+        # An ended session never comes back as the page's state.
+        return {ctx.page.session: gr.skip() if session.disposed else session}
+    raise as_gradio_error(ctx, exc, lang) from None
+
+
 def after_generation(ctx: Context, session: Session, details: dict | None, request: gr.Request) -> dict[Any, Any]:
-    """The timings line under the result, and the history and log with the new entry."""
-    updates = history_and_log(ctx, session)
+    """The timings line under the result, and the history and log with the new entry (and, where the page can
+    edit, no before/after view: this result has no "before")."""
+    lang = language(request)
+    updates = history_and_log(ctx, session, lang)
     if details:
-        line = ctx.translator.t("timings.line", language(request), seed=details["seed"], **details["timings"])
+        line = ctx.translator.t("timings.line", lang, seed=details["seed"], **details["timings"])
         updates[ctx.page.timings] = line
+        if can_edit(ctx):
+            updates[ctx.page.before_after] = gr.update(value=None, visible=False)
     return updates
 
 
-def history_and_log(ctx: Context, session: Session) -> dict[Any, Any]:
-    """The history gallery (hidden while empty), the session log, and a fresh log file to download."""
+def history_and_log(ctx: Context, session: Session, lang: str = "en") -> dict[Any, Any]:
+    """The history gallery (hidden while empty; an edit's caption says so, with its number of pictures), the
+    session log, and a fresh log file to download."""
     page = ctx.page
-    items = [
-        (entry.files[0], f"#{entry.seed} · {entry.request['prompt'][:60]}") for entry in session.history if entry.files
-    ]
+
+    def caption(entry: HistoryEntry) -> str:
+        pictures = entry.request.get("reference_images")
+        edited = f"{ctx.translator.t('history.edit_caption', lang, count=pictures)} · " if pictures else ""
+        return f"#{entry.seed} · {edited}{entry.request['prompt'][:60]}"
+
+    items = [(entry.files[0], caption(entry)) for entry in session.history if entry.files]
     log_file = session.new_file(".json")
     for old in session.folder.glob("*.json"):
         if old != log_file:
@@ -293,6 +327,237 @@ def history_and_log(ctx: Context, session: Session) -> dict[Any, Any]:
 def request_stop(session: Session) -> None:
     """Stop: this session's jobs queued before now end at their next step."""
     session.stop_requested_at = time.monotonic()
+
+
+# ---- editing (/edit and the Edit tab) -------------------------------------------------------------------------------
+
+# Where a picture of an edit comes from: the page's Edit box (taken in when it was dropped, kept while it is there),
+# or Gradio's upload route (an API call: taken in by the job, gone when it ends).
+PICTURE, UPLOAD = "picture", "upload"
+
+
+def can_edit(ctx: Context) -> bool:
+    """Whether the page's model takes pictures (GLM-Image): the Edit tab, the before/after view, uploads to edit."""
+    return ctx.service.family.takes_reference_images
+
+
+def picture_items(images: Any) -> list[Any]:
+    """The pictures an edit names, as a list (one file alone is a list of one; nothing is none)."""
+    if images is None:
+        return []
+    return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
+def file_path_of(item: Any) -> str | None:
+    """The server path in one picture as it arrives: a file (``{"path": ...}``, gradio_client's ``handle_file``) or
+    an item of the page's Edit box (``{"image": {"path": ...}, "caption": ...}``); None for anything else."""
+    if isinstance(item, dict) and isinstance(item.get("image"), dict):
+        item = item["image"]
+    path = item.get("path") if isinstance(item, dict) else None
+    return path if isinstance(path, str) else None
+
+
+def edit_sources(ctx: Context, images: Any, session: Session, max_bytes: int) -> list[tuple[str, str]]:
+    """Where each picture of an edit comes from, checked as far as its header goes (cheap enough for the validator):
+    ``(PICTURE, path)`` for one in this session's Edit box, ``(UPLOAD, path)`` for a file sent to Gradio's upload
+    route. Anything else is refused: a path a client merely names may be another visitor's file."""
+    family = ctx.service.family
+    items = picture_items(images)
+    check_reference_count(len(items), family)
+    sources = []
+    for item in items:
+        path = file_path_of(item)
+        if path is not None and path in session.pictures and Path(path).is_file():
+            sources.append((PICTURE, path))
+        elif path is not None and adapter.is_gradio_upload(ctx.demo, path):
+            check_upload_header(
+                path, max_bytes=max_bytes, max_aspect=family.max_reference_aspect, model=family.display_name
+            )
+            sources.append((UPLOAD, path))
+        else:
+            raise InputError("error.picture_missing", field="images")
+    return sources
+
+
+def discard_uploads(ctx: Context, images: Any) -> None:
+    """Delete the files of ``images`` that Gradio's upload route wrote, with Gradio's notes of them: read by the
+    intake, or refused; nothing of an upload outlives the request that named it."""
+    for item in picture_items(images):
+        path = file_path_of(item)
+        if path is not None and adapter.is_gradio_upload(ctx.demo, path):
+            adapter.delete_gradio_upload(ctx.demo, path)
+
+
+async def edit(
+    ctx: Context,
+    prompt: str,
+    images: list[Any],
+    width: int,
+    height: int,
+    num_images: int,
+    seed: int,
+    randomize_seed: bool,
+    num_inference_steps: int,
+    guidance_scale: float,
+    session: Session,
+    request: gr.Request,
+    progress: gr.Progress = PROGRESS,
+) -> dict[Any, Any]:
+    """Edit 1 to N pictures (the /edit API, and Edit on the page): returns what /generate returns, the images, the
+    seed used, and the parameters (with ``reference_images``, the number of pictures) with timings.
+
+    Pictures sent with the call are taken in now (``glmimage.images``: checked, rebuilt from their pixels, stored
+    in the session's folder), Gradio's upload copies deleted as soon as they are read, and the clean copies deleted
+    when this request ends. Pictures of the page's Edit box were taken in when they were dropped, and stay while
+    they are in the box. Async: a cancelled event stops its job (see :func:`run_job`)."""
+    lang, page = language(request), ctx.page
+    raw = dict(
+        prompt=prompt,
+        width=width,
+        height=height,
+        num_images=num_images,
+        seed=seed,
+        randomize_seed=randomize_seed,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+    )
+    enqueued = adapter.request_mark(request, ENQUEUED_AT) or time.monotonic()
+    queue_s = time.monotonic() - enqueued
+    family, max_bytes = ctx.service.family, ctx.settings.max_upload_bytes
+    made: list[Path] = []  # this request's own clean copies
+    try:
+        try:
+            sources = edit_sources(ctx, images, session, max_bytes)
+            uploads = [path for kind, path in sources if kind == UPLOAD]
+            if uploads:
+                taken = await asyncio.to_thread(intake_uploads, uploads, session, family, max_bytes)
+                made = [picture.path for picture in taken]
+        finally:
+            discard_uploads(ctx, images)
+        copies = iter(made)
+        paths = [str(next(copies)) if kind == UPLOAD else path for kind, path in sources]
+        in_box = [path for kind, path in sources if kind == PICTURE]
+        if in_box:  # from the page: what its Edit box no longer shows is deleted now
+            forget_removed_pictures(session, in_box)
+        req = ctx.service.validated(raw, images=paths)
+        outcome = await run_job(ctx, req, session, request, progress, enqueued, queue_s)
+    except (EngineError, InputError) as exc:
+        return ended_early(ctx, exc, session, lang)
+    except SessionEnded:  # the page closed while its pictures were read: nothing is kept
+        return {page.session: gr.skip()}
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
+        # Gradio keeps the last value of each input of a session: the pictures' original file names.
+        adapter.forget_input_value(ctx.demo, request.session_hash, page.edit_files)
+    return {
+        page.gallery: outcome.files,
+        page.seed_used: outcome.seed,
+        page.details: outcome.details,
+        page.session: session,
+    }
+
+
+def after_edit(
+    ctx: Context,
+    session: Session,
+    details: dict | None,
+    pictures: Any,
+    shown: Any,
+    request: gr.Request,
+) -> dict[Any, Any]:
+    """After an edit: the timings line, the history and log, and the before/after view of its first picture and
+    its first result (on the page; an API client's pictures are gone by now, and it gets no view)."""
+    updates = after_generation(ctx, session, details, request)
+    before = [file_path_of(item) for item in picture_items(pictures)]
+    after = [file_path_of(item) for item in picture_items(shown)]
+    if details and before and after and before[0] in session.pictures and after[0] is not None:
+        updates[ctx.page.before_after] = gr.update(value=(before[0], after[0]), visible=True)
+    return updates
+
+
+def forget_removed_pictures(session: Session, in_box: list[str]) -> None:
+    """Delete the clean copies of pictures no longer in the Edit box (taken out, or the box cleared)."""
+    with session.lock:
+        for path in session.pictures:
+            if path not in in_box:
+                Path(path).unlink(missing_ok=True)
+        session.pictures = [path for path in session.pictures if path in in_box]
+        session.picture_uploads = {
+            upload: picture for upload, picture in session.picture_uploads.items() if picture in session.pictures
+        }
+
+
+def take_pictures(ctx: Context, pictures: Any, session: Session, request: gr.Request) -> dict[Any, Any]:
+    """Pictures dropped, chosen or pasted into the Edit box: each new one goes through the intake now (its clean
+    copy into the session's folder; Gradio's upload copy deleted at once), and the box shows the clean copies. The
+    output size follows the first picture, until the visitor changes it. A refused picture is left out, with a
+    warning that says why."""
+    lang, page, family = language(request), ctx.page, ctx.service.family
+    kept: list[str] = []
+    arrived: list[str] = []
+    for item in picture_items(pictures):
+        path = file_path_of(item)
+        if path is None:
+            continue
+        if path in session.pictures:
+            kept.append(path)
+        elif session.picture_uploads.get(path) in session.pictures:  # taken in while this upload was on its way
+            kept.append(session.picture_uploads[path])
+        elif adapter.is_gradio_upload(ctx.demo, path):
+            arrived.append(path)
+    problems: list[AppError] = []
+    fresh = []
+    try:
+        for path in arrived:
+            if len(kept) + len(fresh) >= family.max_reference_images:
+                count = len(kept) + len(arrived)
+                problems.append(
+                    InputError(
+                        "error.too_many_images",
+                        field="images",
+                        count=count,
+                        max=family.max_reference_images,
+                        model=family.display_name,
+                    )
+                )
+                break
+            try:
+                [picture] = intake_uploads([path], session, family, ctx.settings.max_upload_bytes)
+            except InputError as exc:
+                problems.append(exc)
+                continue
+            fresh.append(picture)
+            session.picture_uploads[path] = str(picture.path)
+    except SessionEnded:
+        return {page.session: gr.skip()}
+    finally:
+        for path in arrived:
+            adapter.delete_gradio_upload(ctx.demo, path)
+        adapter.forget_input_value(ctx.demo, request.session_hash, page.edit_pictures)
+    now_in_box = kept + [str(picture.path) for picture in fresh]
+    with session.lock:
+        session.pictures = list(dict.fromkeys([*session.pictures, *now_in_box]))
+    forget_removed_pictures(session, now_in_box)
+    updates: dict[Any, Any] = {page.edit_pictures: now_in_box or None, page.session: session}
+    if fresh and not kept:  # a first picture: the output size follows it
+        width, height = size_for_reference(fresh[0].width, fresh[0].height, family)
+        updates |= {page.width: width, page.height: height, page.size_preset: preset_label(ctx.presets, width, height)}
+        gr.Info(ctx.translator.t("info.pictures_ready", lang, count=len(now_in_box), width=width, height=height))
+    for problem in problems:
+        gr.Warning(message(ctx.translator, problem, lang))
+    return updates
+
+
+def drop_picture(ctx: Context, session: Session, event: gr.EventData) -> dict[Any, Any]:
+    """A picture taken out of the Edit box (its ×): its clean copy is deleted now. The box says which one as
+    ``{"file": {"path": ...}, "index": i}``."""
+    payload = adapter.event_payload(event)
+    path = file_path_of(payload.get("file") if isinstance(payload, dict) else None)
+    with session.lock:
+        if path is not None and path in session.pictures:
+            forget_removed_pictures(session, [p for p in session.pictures if p != path])
+    return {ctx.page.session: session}
 
 
 # ---- variations -----------------------------------------------------------------------------------------------------
@@ -383,7 +648,7 @@ async def variations(
 
 def after_variations(ctx: Context, session: Session, details: dict | None, request: gr.Request) -> dict[Any, Any]:
     """The line under the result (each seed, the total time), and the history and log with the new entries."""
-    updates = history_and_log(ctx, session)
+    updates = history_and_log(ctx, session, language(request))
     made = (details or {}).get("variations")
     if made:
         updates[ctx.page.timings] = ctx.translator.t(
@@ -405,8 +670,13 @@ def restore(ctx: Context, session: Session, evt: gr.SelectData, request: gr.Requ
         return gr.skip()
     entry, page = session.history[evt.index], ctx.page
     p = entry.request
+    restored = dict(zip(page.request_inputs, (p[name] for name in API_FIELDS), strict=True))
+    if p.get("reference_images"):  # an edit: its words go back where they were typed, the pictures are gone
+        restored[page.edit_prompt] = restored.pop(page.prompt)
+    if can_edit(ctx):
+        restored[page.before_after] = gr.update(value=None, visible=False)
     return {
-        **dict(zip(page.request_inputs, (p[name] for name in API_FIELDS), strict=True)),
+        **restored,
         page.seed: entry.seed,
         page.randomize_seed: False,
         page.size_preset: preset_label(ctx.presets, p["width"], p["height"]),
@@ -421,7 +691,7 @@ def clear_history(ctx: Context, session: Session, request: gr.Request) -> dict[A
     with session.lock:  # never at the same time as a finishing job saving into the history
         count = session.clear_history()
         session.record("history_cleared", entries=count)
-        updates = {ctx.page.session: session, **history_and_log(ctx, session)}
+        updates = {ctx.page.session: session, **history_and_log(ctx, session, language(request))}
     gr.Info(ctx.translator.t("info.history_cleared", language(request)))
     return updates
 
@@ -433,18 +703,25 @@ def new_session(ctx: Context, session: Session, request: gr.Request) -> dict[Any
     fresh.record("new_session")
     lang, page = language(request), ctx.page
     gr.Info(ctx.translator.t("info.new_session", lang))
+    family = ctx.service.family
+    width, height = family.default_size
     defaults = {
         page.prompt: "",
         page.negative_prompt: "",
         page.style: NO_STYLE,
-        page.width: limits.DEFAULT_WIDTH,
-        page.height: limits.DEFAULT_HEIGHT,
+        page.width: width,
+        page.height: height,
         page.num_images: limits.DEFAULT_NUM_IMAGES,
         page.seed: 0,
         page.randomize_seed: True,
-        page.steps: limits.DEFAULT_STEPS,
-        page.guidance: limits.DEFAULT_GUIDANCE,
-        page.size_preset: default_preset(ctx.presets),
+        page.steps: family.default_steps,
+        page.guidance: family.default_guidance,
+        page.size_preset: default_preset(ctx.presets, family),
+        # The Edit box's pictures went with the old session's folder.
+        page.edit_pictures: None,
+        page.edit_files: None,
+        page.edit_prompt: "",
+        page.before_after: gr.update(value=None, visible=False),
         page.gallery: [],
         page.seed_used: None,
         page.details: None,
@@ -456,7 +733,7 @@ def new_session(ctx: Context, session: Session, request: gr.Request) -> dict[Any
         page.download_all_file: None,
         page.download_all_ready: "",
     }
-    return {page.session: fresh, **defaults, **history_and_log(ctx, fresh)}
+    return {page.session: fresh, **defaults, **history_and_log(ctx, fresh, lang)}
 
 
 def set_keep_history(ctx: Context, session: Session, keep: bool, request: gr.Request) -> dict[Any, Any]:
@@ -469,17 +746,20 @@ def set_keep_history(ctx: Context, session: Session, keep: bool, request: gr.Req
         cleared = not keep and bool(session.history)
         if cleared:
             session.clear_history()
-        updates = {ctx.page.session: session, **history_and_log(ctx, session)}
+        updates = {ctx.page.session: session, **history_and_log(ctx, session, language(request))}
     if cleared:
         gr.Info(ctx.translator.t("info.history_off", language(request)))
     return updates
 
 
-def set_embed_metadata(ctx: Context, session: Session, embed: bool) -> dict[Any, Any]:
+def set_embed_metadata(
+    ctx: Context, session: Session, embed: bool, request: gr.Request | None = None
+) -> dict[Any, Any]:
+    lang = language(request) if request is not None else "en"
     with session.lock:
         session.embed_metadata = bool(embed)
         session.record("setting_changed", embed_metadata=session.embed_metadata)
-        return {ctx.page.session: session, **history_and_log(ctx, session)}
+        return {ctx.page.session: session, **history_and_log(ctx, session, lang)}
 
 
 # ---- download all ---------------------------------------------------------------------------------------------------
@@ -504,6 +784,13 @@ def zip_members(session: Session, shown: Any) -> list[tuple[str, Path]]:
     return [(name, path) for name, path in members if path.is_file()]
 
 
+def mirror_pictures(pictures: Any) -> Any:
+    """The Edit box's gallery items (raw: ``{"image": file record, "caption": ...}``) as /edit's list of file
+    records, unchanged; None when the box is empty."""
+    files = [item["image"] for item in pictures or [] if isinstance(item, dict) and item.get("image")]
+    return files or None
+
+
 def download_all(ctx: Context, session: Session, shown: Any, request: gr.Request) -> dict[Any, Any]:
     """The result on screen and the whole history as one zip, built now in the session's folder (deleted with
     the session, like every file there; an earlier zip goes when a new one is made). PNGs as generated, with
@@ -525,7 +812,7 @@ def download_all(ctx: Context, session: Session, shown: Any, request: gr.Request
         page.download_all_file: str(path),
         page.download_all_ready: uuid.uuid4().hex,
         page.session: session,
-        **history_and_log(ctx, session),
+        **history_and_log(ctx, session, language(request)),
     }
 
 
@@ -651,6 +938,11 @@ def use_read_parameters(ctx: Context, found: dict[str, Any] | None, request: gr.
         page.steps: "num_inference_steps",
         page.guidance: "guidance_scale",
     }
+    family = ctx.service.family
+    # A model without a negative prompt refuses one: the picture's is left out, and the visitor is told so.
+    left_out = not family.negative_prompt and bool(found.get("negative_prompt"))
+    if not family.negative_prompt:
+        del controls[page.negative_prompt]
     updates: dict[Any, Any] = {
         control: found[name] for control, name in controls.items() if found.get(name) is not None
     }
@@ -665,6 +957,8 @@ def use_read_parameters(ctx: Context, found: dict[str, Any] | None, request: gr.
     field_of = dict(zip(page.request_inputs, API_FIELDS, strict=True))
     raw = {name: control.value for control, name in field_of.items()}
     raw |= {field_of[control]: value for control, value in updates.items() if control in field_of}
+    if left_out:
+        gr.Warning(ctx.translator.t("read.negative_left_out", lang, model=family.display_name))
     try:
         ctx.service.validated(raw)
     except InputError as exc:
@@ -684,10 +978,13 @@ def pick_preset(ctx: Context, label: str) -> Any:
     return {ctx.page.width: preset.width, ctx.page.height: preset.height}
 
 
-def capped(changed: int, other: int) -> int:
-    """The other side, lowered if needed so the image stays within the pixel limit."""
-    if size_problem(changed, other) == "error.too_many_pixels" and size_problem(changed, 512) is None:
-        return largest_legal_side(changed)
+def capped(changed: int, other: int, rules: SizeRules = COGVIEW4.sizes) -> int:
+    """The other side, lowered if needed so the image stays within the pixel limit of the model's ``rules``."""
+    if (
+        size_problem(changed, other, rules) == "error.too_many_pixels"
+        and size_problem(changed, rules.min_side, rules) is None
+    ):
+        return largest_legal_side(changed, rules)
     return other
 
 
@@ -697,7 +994,7 @@ def width_changed(ctx: Context, width: Any, height: Any) -> dict[Any, Any]:
     page = ctx.page
     if not all(isinstance(v, (int, float)) for v in (width, height)):
         return {page.size_preset: CUSTOM_SIZE}
-    new_height = capped(int(width), int(height))
+    new_height = capped(int(width), int(height), ctx.service.family.sizes)
     updates = {page.size_preset: preset_label(ctx.presets, width, new_height)}
     if new_height != height:
         updates[page.height] = new_height
@@ -708,7 +1005,7 @@ def height_changed(ctx: Context, width: Any, height: Any) -> dict[Any, Any]:
     page = ctx.page
     if not all(isinstance(v, (int, float)) for v in (width, height)):
         return {page.size_preset: CUSTOM_SIZE}
-    new_width = capped(int(height), int(width))
+    new_width = capped(int(height), int(width), ctx.service.family.sizes)
     updates = {page.size_preset: preset_label(ctx.presets, new_width, height)}
     if new_width != width:
         updates[page.width] = new_width
@@ -719,7 +1016,8 @@ def preview(ctx: Context, prompt: Any, negative_prompt: Any, style: Any) -> Any:
     """What the model will receive: the prompts with the style applied."""
     if not isinstance(style, str) or style not in ctx.styles:
         return gr.skip()
-    styled = ctx.styles.apply(style, str(prompt or ""), str(negative_prompt or ""))
+    takes_negative = ctx.service.family.negative_prompt
+    styled = ctx.styles.apply(style, str(prompt or ""), str(negative_prompt or ""), takes_negative=takes_negative)
     return {ctx.page.final_prompt: styled.prompt, ctx.page.final_negative: styled.negative_prompt}
 
 

@@ -14,6 +14,7 @@ import gradio as gr
 
 from .. import limits
 from ..i18n import Translator
+from ..models.families import COGVIEW4, Family
 from ..sessions import Session, dispose_session
 from ..sizes import SizePreset
 from ..styles import NO_STYLE, StyleBook
@@ -32,6 +33,8 @@ CSS = """
 #result .thumbnail-item { aspect-ratio: auto; }
 /* Drawn for the page script, out of sight and out of the layout. */
 .glm-offscreen { position: absolute !important; left: -10000px; width: 1px; height: 1px; overflow: hidden; }
+/* The Edit box: pictures whole, never cropped to square cells. */
+#edit-pictures .thumbnail-item { aspect-ratio: auto; }
 /* The maintenance banner stands out from the page. */
 #maintenance-banner { border: 1px solid var(--color-accent); border-radius: var(--radius-lg);
   background: var(--color-accent-soft); padding: var(--spacing-md) var(--spacing-lg); }
@@ -92,6 +95,14 @@ class Page:
     download_all_file: gr.DownloadButton
     download_all_ready: gr.Textbox
     contact_line: gr.Markdown
+    # Editing (/edit): shown in an "Edit pictures" tab when the model takes pictures; otherwise hidden, and /edit
+    # refuses every call naming the model.
+    edit_pictures: gr.Gallery
+    edit_files: gr.File
+    edit_prompt: gr.Textbox
+    edit_run: gr.Button
+    edit_stop: gr.Button
+    before_after: gr.ImageSlider
 
     @property
     def request_inputs(self) -> list[Any]:
@@ -110,14 +121,29 @@ class Page:
         ]
 
     @property
+    def edit_inputs(self) -> list[Any]:
+        """The controls behind /edit's parameters, in API order (``service.EDIT_FIELDS``)."""
+        return [
+            self.edit_prompt,
+            self.edit_files,
+            self.width,
+            self.height,
+            self.num_images,
+            self.seed,
+            self.randomize_seed,
+            self.steps,
+            self.guidance,
+        ]
+
+    @property
     def history_outputs(self) -> list[Any]:
         """What shows the session's history and log; every event that changes them updates all four."""
         return [self.history, self.history_empty, self.session_log, self.log_download]
 
 
-def default_preset(presets: list[SizePreset]) -> str:
-    """The Size box's first value: the preset of the default size."""
-    return preset_label(presets, limits.DEFAULT_WIDTH, limits.DEFAULT_HEIGHT)
+def default_preset(presets: list[SizePreset], family: Family = COGVIEW4) -> str:
+    """The Size box's first value: the preset of the model's default size."""
+    return preset_label(presets, *family.default_size)
 
 
 def preset_label(presets: list[SizePreset], width: object, height: object) -> str:
@@ -125,15 +151,16 @@ def preset_label(presets: list[SizePreset], width: object, height: object) -> st
     return next((p.label for p in presets if (p.width, p.height) == (width, height)), CUSTOM_SIZE)
 
 
-def make_i18n(translator: Translator, styles: StyleBook) -> gr.I18n:
+def make_i18n(translator: Translator, styles: StyleBook, family: Family = COGVIEW4) -> gr.I18n:
     """The page's strings for ``gr.I18n``, plus the style names, which live in the styles file."""
     tables = translator.gradio_tables()
     for locale, table in tables.items():
         lang = "zh" if locale.startswith("zh") else "en"
         names = {f"style.{sid}": styles.get(sid).name[lang] for sid in styles.ids if sid != NO_STYLE}
-        # The browser shows gr.I18n strings as they are: fill the one placeholder a page string has here.
+        # The browser shows gr.I18n strings as they are: fill the placeholders of page strings here.
         note = table["history.note"].format(max=limits.MAX_HISTORY_ENTRIES)
-        tables[locale] = {**table, **names, "history.note": note}
+        edit_note = table["edit.note"].format(max=max(1, family.max_reference_images))
+        tables[locale] = {**table, **names, "history.note": note, "edit.note": edit_note}
     return gr.I18n(**tables)
 
 
@@ -147,18 +174,32 @@ def build_page(
     session_ttl: float,
     with_enhancer: bool,
     with_maintenance: bool = False,
+    family: Family = COGVIEW4,
 ) -> Page:
-    """Lay out the page inside the current ``gr.Blocks``."""
+    """Lay out the page inside the current ``gr.Blocks``, for the model's ``family``: its defaults, ranges and size
+    rules; no negative prompt where it takes none; and, where it takes pictures, two tabs: "Create from text" and
+    "Edit pictures"."""
     # A plain default (not a callable, which Gradio would expose as a public load endpoint); Gradio gives
     # every visit its own deep copy.
     session = gr.State(value=Session(files_root), time_to_live=session_ttl, delete_callback=dispose_session)
-    parts: dict[str, Any] = {"session": session, **_header(i18n, with_maintenance)}
+    parts: dict[str, Any] = {"session": session, **_header(i18n, with_maintenance, family)}
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
-            parts |= _prompt_and_buttons(i18n, with_enhancer)
-            parts |= _size_and_style(i18n, styles, presets)
-            parts |= _advanced(i18n)
-            parts |= _preview(i18n)
+            if family.takes_reference_images:
+                # A mode the visitor chooses and sees: Edit's button always edits the pictures shown above it, and
+                # Generate never picks up pictures left in a box out of sight.
+                with gr.Tabs(elem_id="mode"):
+                    with gr.Tab(i18n("mode.create"), id="create", elem_id="create-tab"):
+                        parts |= _prompt_and_buttons(i18n, with_enhancer)
+                        parts |= _style(i18n, styles)
+                    with gr.Tab(i18n("mode.edit"), id="edit", elem_id="edit-tab"):
+                        parts |= _edit(i18n, visible=True)
+            else:
+                parts |= _prompt_and_buttons(i18n, with_enhancer)
+                parts |= _style(i18n, styles)
+            parts |= _size(i18n, presets, family)
+            parts |= _advanced(i18n, family)
+            parts |= _preview(i18n, family)
             parts |= _read_parameters(i18n)
         with gr.Column(scale=6, min_width=320):
             parts |= _results(i18n)
@@ -167,11 +208,14 @@ def build_page(
     parts |= _privacy(i18n)
     # The operator's support line (--contact), at the foot of the page; filled in by handlers.show_operator_notes.
     parts["contact_line"] = gr.Markdown(visible=False, elem_id="contact", elem_classes="glm-note")
+    if not family.takes_reference_images:
+        # /edit exists for every model (and refuses, naming this one); its controls are never shown.
+        parts |= _edit(i18n, visible=False)
     return Page(**parts)
 
 
-def _header(i18n: gr.I18n, with_maintenance: bool) -> dict[str, Any]:
-    gr.Markdown(i18n("app.header"), elem_id="header")
+def _header(i18n: gr.I18n, with_maintenance: bool, family: Family) -> dict[str, Any]:
+    gr.Markdown(i18n("app.header" if family is COGVIEW4 else "app.header_glm"), elem_id="header")
     # Banners and notices for every visitor go here, between the header and the status. The maintenance banner is
     # filled in by handlers.show_operator_notes, polled only while a --maintenance-file is set.
     return {
@@ -195,69 +239,121 @@ def _prompt_and_buttons(i18n: gr.I18n, with_enhancer: bool) -> dict[str, Any]:
     return {"prompt": prompt, "run": run, "variations": variations, "stop": stop, "enhance": enhance}
 
 
-def _size_and_style(i18n: gr.I18n, styles: StyleBook, presets: list[SizePreset]) -> dict[str, Any]:
+def _style(i18n: gr.I18n, styles: StyleBook) -> dict[str, Any]:
     style = gr.Dropdown(
         choices=[(i18n(f"style.{sid}"), sid) for sid in styles.ids],
         value=NO_STYLE,
         label=i18n("label.style"),
         elem_id="style",
     )
+    return {"style": style}
+
+
+def _size(i18n: gr.I18n, presets: list[SizePreset], family: Family) -> dict[str, Any]:
+    rules = family.sizes
+    width_default, height_default = family.default_size
     size_preset = gr.Dropdown(
         choices=[*(p.label for p in presets), (i18n("size.custom"), CUSTOM_SIZE)],
-        value=default_preset(presets),
+        value=default_preset(presets, family),
         label=i18n("label.size"),
         elem_id="size-preset",
     )
     with gr.Row():
         width = gr.Number(
-            value=limits.DEFAULT_WIDTH,
-            step=limits.SIDE_MULTIPLE,
+            value=width_default,
+            step=rules.multiple,
             label=i18n("label.width"),
             elem_id="width",
             min_width=120,
         )
         height = gr.Number(
-            value=limits.DEFAULT_HEIGHT,
-            step=limits.SIDE_MULTIPLE,
+            value=height_default,
+            step=rules.multiple,
             label=i18n("label.height"),
             elem_id="height",
             min_width=120,
         )
-    gr.Markdown(i18n("info.size"), elem_classes="glm-note")
+    gr.Markdown(i18n("info.size" if family is COGVIEW4 else "info.size_glm"), elem_classes="glm-note")
     num_images = gr.Slider(
         limits.MIN_IMAGES,
-        limits.MAX_IMAGES,
+        family.max_images,
         value=limits.DEFAULT_NUM_IMAGES,
         step=1,
         label=i18n("label.num_images"),
         elem_id="num-images",
     )
-    return {"style": style, "size_preset": size_preset, "width": width, "height": height, "num_images": num_images}
+    return {"size_preset": size_preset, "width": width, "height": height, "num_images": num_images}
 
 
-def _advanced(i18n: gr.I18n) -> dict[str, Any]:
+def _edit(i18n: gr.I18n, *, visible: bool) -> dict[str, Any]:
+    """The Edit tab: the pictures (drop, click or paste; each taken in by glmimage.images as it arrives), what to
+    change, and Edit with its own Stop."""
+    with gr.Column(visible=visible, elem_id="edit-section"):
+        gr.Markdown(i18n("edit.note"), elem_classes="glm-note")
+        edit_pictures = gr.Gallery(
+            label=i18n("label.edit_pictures"),
+            interactive=True,
+            sources=["upload", "clipboard"],
+            file_types=[".png", ".jpg", ".jpeg", ".webp"],
+            columns=4,
+            height=240,
+            object_fit="contain",
+            allow_preview=False,
+            fit_columns=False,
+            elem_id="edit-pictures",
+        )
+        # What Edit sends as /edit's ``images``, a list of files: the box's pictures, copied here whenever the box
+        # changes (handlers.mirror_pictures). Never shown.
+        edit_files = gr.File(
+            label=i18n("label.edit_pictures"),
+            file_count="multiple",
+            file_types=[".png", ".jpg", ".jpeg", ".webp"],
+            visible=False,
+            elem_id="edit-files",
+        )
+        edit_prompt = gr.Textbox(
+            label=i18n("label.edit_prompt"),
+            placeholder=i18n("placeholder.edit_prompt"),
+            lines=3,
+            max_lines=10,
+            elem_id="edit-prompt",
+        )
+        with gr.Row(elem_id="edit-row"):
+            edit_run = gr.Button(i18n("button.edit"), variant="primary", scale=3, elem_id="edit-run")
+            # Enabled by the page script while a job of this tab waits or runs, as Stop beside Generate is.
+            edit_stop = gr.Button(i18n("button.stop"), variant="stop", scale=1, interactive=False, elem_id="edit-stop")
+    return {
+        "edit_pictures": edit_pictures,
+        "edit_files": edit_files,
+        "edit_prompt": edit_prompt,
+        "edit_run": edit_run,
+        "edit_stop": edit_stop,
+    }
+
+
+def _advanced(i18n: gr.I18n, family: Family) -> dict[str, Any]:
     with gr.Accordion(i18n("label.advanced"), open=False, elem_id="advanced"):
+        # Hidden for a model without one: validation refuses a non-empty one, so the page never offers it.
         negative_prompt = gr.Textbox(
             label=i18n("label.negative_prompt"),
             lines=2,
             placeholder=i18n("placeholder.negative_prompt"),
             elem_id="negative-prompt",
+            visible=family.negative_prompt,
         )
         with gr.Row():
             seed = gr.Number(value=0, step=1, label=i18n("label.seed"), elem_id="seed", min_width=120)
             randomize_seed = gr.Checkbox(value=True, label=i18n("label.randomize_seed"), elem_id="randomize-seed")
         steps = gr.Slider(
-            limits.MIN_STEPS,
-            limits.MAX_STEPS,
-            value=limits.DEFAULT_STEPS,
+            *family.steps_range,
+            value=family.default_steps,
             step=1,
             label=i18n("label.steps"),
             elem_id="steps",
         )
         guidance = gr.Slider(
-            limits.MIN_GUIDANCE,
-            limits.MAX_GUIDANCE,
-            value=limits.DEFAULT_GUIDANCE,
+            *family.guidance_range,
+            value=family.default_guidance,
             step=0.1,
             label=i18n("label.guidance"),
             elem_id="guidance",
@@ -271,16 +367,28 @@ def _advanced(i18n: gr.I18n) -> dict[str, Any]:
     }
 
 
-def _preview(i18n: gr.I18n) -> dict[str, Any]:
+def _preview(i18n: gr.I18n, family: Family) -> dict[str, Any]:
     with gr.Accordion(i18n("label.preview"), open=False, elem_id="preview"):
         final_prompt = gr.Textbox(label=i18n("label.final_prompt"), interactive=False, lines=2, elem_id="final-prompt")
         final_negative = gr.Textbox(
-            label=i18n("label.final_negative_prompt"), interactive=False, elem_id="final-negative-prompt"
+            label=i18n("label.final_negative_prompt"),
+            interactive=False,
+            elem_id="final-negative-prompt",
+            visible=family.negative_prompt,
         )
     return {"final_prompt": final_prompt, "final_negative": final_negative}
 
 
 def _results(i18n: gr.I18n) -> dict[str, Any]:
+    # After an edit: its first picture and first result, one over the other, a handle to slide between them.
+    before_after = gr.ImageSlider(
+        label=i18n("label.before_after"),
+        type="filepath",
+        interactive=False,
+        visible=False,
+        max_height=520,
+        elem_id="before-after",
+    )
     gallery = gr.Gallery(
         label=i18n("label.result"),
         columns=2,
@@ -294,7 +402,13 @@ def _results(i18n: gr.I18n) -> dict[str, Any]:
     seed_used = gr.Number(value=None, label=i18n("label.seed_used"), interactive=False, elem_id="seed-used")
     with gr.Accordion(i18n("label.details"), open=False):
         details = gr.JSON(label=i18n("label.details"), elem_id="details")
-    return {"gallery": gallery, "timings": timings, "seed_used": seed_used, "details": details}
+    return {
+        "before_after": before_after,
+        "gallery": gallery,
+        "timings": timings,
+        "seed_used": seed_used,
+        "details": details,
+    }
 
 
 def _examples(i18n: gr.I18n, presets: list[SizePreset], examples: list[dict[str, Any]], parts: dict[str, Any]) -> None:

@@ -7,9 +7,14 @@ does, and :class:`Edge` keeps what it needs to know across requests:
 - **bounded requests**: a body is read up to ``limits.MAX_REQUEST_BODY_BYTES`` and refused past it, whether its
   size was declared (Content-Length) or not (chunked), before Gradio reads a byte; session ids longer or other
   than Gradio's own format are refused;
-- **uploads only where a feature needs them**: the upload and recording routes answer 403 while
-  :attr:`EdgePolicy.upload_limit` says 0 (the model takes no pictures); files are never fetched from other sites
-  through ``/gradio_api/file=<url>``; stray upload temporaries are swept at start, on schedule and at shutdown;
+- **uploads only where a feature needs them**: the upload route answers 403 while :attr:`EdgePolicy.upload_limit`
+  says 0, and the recording route always (no feature records); an upload request carries at most
+  :attr:`EdgePolicy.max_upload_files` files of at most :attr:`EdgePolicy.max_file_bytes` each (counted as the body
+  streams in, so a file past either limit is never written, and Gradio deletes what it wrote for that request),
+  and each address may upload at :attr:`EdgePolicy.upload_rate`; files are never fetched from other sites
+  through ``/gradio_api/file=<url>``; stray upload temporaries are swept at start, on schedule and at shutdown,
+  and an upload no request has used within :data:`UNUSED_UPLOAD_S` is deleted (each upload is deleted by the
+  request that uses it; see ``handlers.edit``);
 - **sessions cost an attacker, not a visitor**: new sessions per address are rate limited, and at
   ``--max-sessions`` the least recently used session *not in use* makes room (its files deleted at once);
   a session in use (page open, job queued or running, result being read) is never evicted;
@@ -39,9 +44,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from python_multipart.multipart import MultipartParser, parse_options_header
+
 from .. import limits
 from ..config import Settings
 from ..i18n import Translator, language_of, load_translations
+from ..models.families import COGVIEW4, Family
 from ..ratelimit import RateLimit, VisitorLimiter, canonical_address
 from . import gradio_adapter as adapter
 
@@ -73,11 +81,17 @@ RECENT_NEW_SESSIONS = 4096
 MAX_HTML_BYTES = 8 * 2**20
 
 API = "/gradio_api"
-# Room for the multipart framing around an uploaded file (boundaries, part headers, the file's name).
+# Room for the multipart framing around uploaded files (boundaries, part headers, the files' names).
 UPLOAD_FRAMING_BYTES = 64 * 1024
-# Gradio's route for microphone and webcam recordings: no feature of the page records, so it is always refused.
-RECORDING_ROUTE = f"{API}/process_recording"
-UPLOAD_ROUTES = (f"{API}/upload", f"{API}/process_recording", f"{API}/upload_progress")
+# Gradio's route for microphone and webcam recordings (RECORDING): no feature of the page records, so it is
+# always refused.
+UPLOAD = f"{API}/upload"
+RECORDING = f"{API}/process_recording"
+UPLOAD_ROUTES = (UPLOAD, RECORDING, f"{API}/upload_progress")
+# An upload that no request has used this long is deleted: the page takes a picture in as soon as it arrives, an
+# API client names its upload in the call it makes next, and a queued job's uploads are kept until it runs.
+UNUSED_UPLOAD_S = 120.0
+UPLOAD_SWEEP_S = 10.0
 # Routes whose JSON body names an event and a session; each may be a session's first request.
 _RUN = re.compile(rf"{API}/(?:run|api)/([^/]+)/?")
 _CALL = re.compile(rf"{API}/call/([^/]+)/?")
@@ -101,15 +115,22 @@ class EdgePolicy:
     listener_timeout: float
     frame_ancestors: str
     max_body_bytes: int = limits.MAX_REQUEST_BODY_BYTES
-    # Bytes one upload request may carry; 0 refuses the upload routes. A feature that takes pictures (editing)
+    # Bytes one upload request may carry; 0 refuses the upload route. A feature that takes pictures (editing)
     # sets a function that says how much, for the model loaded now.
     upload_limit: Callable[[], int] = no_uploads
+    # Files one upload request may carry, and bytes each (0: no per-file bound beyond ``upload_limit``).
+    max_upload_files: int = 1
+    max_file_bytes: int = 0
+    # Uploads per address; a request counts once per ``max_file_bytes`` it declares (disabled: "0").
+    upload_rate: RateLimit = field(default_factory=lambda: RateLimit(0, 0.0))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EdgePolicy:
-        """The page takes pictures ("Read parameters from a picture", and edits with a model that takes
-        reference pictures): one upload request may carry one file of at most ``--max-upload-mb``."""
-        upload_bytes = settings.max_upload_bytes + UPLOAD_FRAMING_BYTES
+    def from_settings(cls, settings: Settings, family: Family = COGVIEW4) -> EdgePolicy:
+        """The page takes pictures ("Read parameters from a picture": one; an edit, with a model that takes
+        reference pictures: up to its number): one upload request may carry that many files of at most
+        ``--max-upload-mb`` each, and each address may upload at ``--upload-rate-limit``."""
+        files = max(1, family.max_reference_images)
+        upload_bytes = files * settings.max_upload_bytes + UPLOAD_FRAMING_BYTES
         return cls(
             max_queue=settings.max_queue,
             max_sessions=settings.max_sessions,
@@ -117,14 +138,19 @@ class EdgePolicy:
             listener_timeout=settings.listener_timeout,
             frame_ancestors=settings.frame_ancestors,
             upload_limit=lambda: upload_bytes,
+            max_upload_files=files,
+            max_file_bytes=settings.max_upload_bytes,
+            upload_rate=settings.parsed_upload_rate_limit,
         )
 
 
 def content_security_policy(frame_ancestors: str, nonce: str | None) -> str:
     """The smallest policy Gradio's page works under (checked in Chromium: no violation while the page loads,
-    generates, restores history and shows the API page): everything from the app itself; inline scripts only
-    with this response's nonce; inline styles (Svelte sets style attributes, the theme is a ``<style>``) and
-    ``data:`` images (Gradio's icons); no plugins, no foreign ``<base>`` or form targets."""
+    generates, edits, restores history and shows the API page): everything from the app itself; inline scripts
+    only with this response's nonce, and no eval (so the page uses no Gradio ``js=``, which Gradio compiles from
+    strings: its own script is a same-origin file, ``/glmimage/page.js``); inline styles (Svelte sets style
+    attributes, the theme is a ``<style>``) and ``data:`` images (Gradio's icons); no plugins, no foreign
+    ``<base>`` or form targets."""
     scripts = f"'self' 'nonce-{nonce}'" if nonce else "'self'"
     return "; ".join(
         [
@@ -193,6 +219,8 @@ class Edge:
         self.policy = policy
         self.translator = translator or load_translations()
         self.session_limiter = VisitorLimiter(policy.session_rate)
+        self.upload_limiter = VisitorLimiter(policy.upload_rate)
+        self._last_upload_sweep = 0.0
         # ("stream", session or job id) while a result stream is open; ("page", session) while a heartbeat is.
         self.open: Counter[tuple[str, str]] = Counter()
         self.recent_new: OrderedDict[str, float] = OrderedDict()
@@ -305,6 +333,37 @@ class Edge:
         file nothing else deletes); returns how many."""
         return sweep_upload_leftovers(adapter.upload_folder(), min_age_s)
 
+    def sweep_unused_uploads(self, max_age_s: float = UNUSED_UPLOAD_S, now: float | None = None) -> int:
+        """Delete every upload older than ``max_age_s`` that no waiting or running job names (a request that uses
+        an upload deletes it itself; what is left was never used, or its request never ran)."""
+        now = time.time() if now is None else now
+        held = adapter.files_named_by_jobs(self.demo) if max_age_s > 0 else set()
+        removed = 0
+        for path in adapter.gradio_uploads(self.demo):
+            if path in held:
+                continue
+            try:
+                age = now - Path(path).lstat().st_mtime
+            except FileNotFoundError:
+                age = max_age_s  # gone already: only Gradio's notes of it are left
+            if age >= max_age_s:
+                adapter.delete_gradio_upload(self.demo, path)
+                removed += 1
+        if removed:
+            log.info("deleted %d upload(s) no request used", removed)
+        return removed
+
+    def admit_upload(self, client: str, declared: int) -> Refusal | None:
+        """An upload request from ``client`` declaring ``declared`` bytes: counted against its address, once per
+        ``max_file_bytes`` (a request of four large pictures counts four)."""
+        per_file = self.policy.max_file_bytes or declared or 1
+        cost = max(1, -(-declared // per_file))
+        retry_after = self.upload_limiter.hit(f"ip:{client}", cost=cost)
+        if retry_after > 0:
+            seconds = max(1, round(retry_after + 0.5))
+            return Refusal(429, "edge.uploads_rate_limited", {"seconds": seconds}, [(b"retry-after", b"%d" % seconds)])
+        return None
+
     # ---- the schedule -------------------------------------------------------------------------------------------
 
     async def run_forever(self) -> None:
@@ -319,12 +378,16 @@ class Edge:
                 if time.monotonic() - self._last_sweep >= SWEEP_INTERVAL_S:
                     self._last_sweep = time.monotonic()
                     self.sweep_strays()
+                if time.monotonic() - self._last_upload_sweep >= UPLOAD_SWEEP_S:
+                    self._last_upload_sweep = time.monotonic()
+                    self.sweep_unused_uploads()
             except Exception:  # noqa: BLE001 - the watch must go on; the log says what broke
                 log.exception("the security watch failed once")
 
     def at_shutdown(self) -> None:
-        """Sweep every stray upload file, however young: no upload outlives the server."""
+        """Sweep every stray upload file and every upload, however young: no upload outlives the server."""
         self.sweep_strays(min_age_s=0.0)
+        self.sweep_unused_uploads(max_age_s=0.0)
 
     # ---- requests -----------------------------------------------------------------------------------------------
 
@@ -346,7 +409,7 @@ class Edge:
                 return Refusal(403, "edge.remote_files")
         if path.startswith(f"{API}/proxy="):
             return Refusal(403, "edge.remote_files")
-        if path == RECORDING_ROUTE:
+        if path == RECORDING:
             return Refusal(403, "edge.recordings_off")
         if path in UPLOAD_ROUTES and self.policy.upload_limit() <= 0:
             return Refusal(403, "edge.uploads_off")
@@ -463,9 +526,17 @@ class EdgeMiddleware:
             await self._refuse(too_large, scope, send, unread_body=True)
             return
         if path in UPLOAD_ROUTES:
-            # Uploads stream through to Gradio's parser; with a declared size the server itself stops at it.
-            if declared is None:
+            # Uploads stream through to Gradio's parser; with a declared size the server itself stops at it. (A
+            # GET of an upload's progress has no body.)
+            if declared is None and method != "GET":
                 await self._refuse(Refusal(411, "edge.length_required"), scope, send, unread_body=unread)
+                return
+            if method == "POST" and path == UPLOAD:
+                refusal = edge.admit_upload(edge.client_of(scope), int(declared) if declared.isdigit() else 0)
+                if refusal is not None:
+                    await self._refuse(refusal, scope, send, unread_body=unread)
+                    return
+                await self._upload(scope, receive, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -493,6 +564,31 @@ class EdgeMiddleware:
                     del edge.open[key]
             if new_session:
                 edge.trim_sessions()
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gradio's upload route, with the request's files counted and measured as its body streams in: the chunk
+        that would start one file too many, or take a file past its size, never reaches Gradio. Gradio is made to
+        delete the files it wrote for the request, and the visitor gets the edge's refusal instead of its answer."""
+        policy = self.edge.policy
+        scanner = UploadScanner.of(_header(scope, b"content-type"), policy.max_upload_files, policy.max_file_bytes)
+        refused: list[Refusal] = []
+
+        async def counted() -> Message:
+            message = await receive()
+            if scanner is not None and message["type"] == "http.request" and not refused:
+                refusal = scanner.feed(message.get("body", b""))
+                if refusal is not None:
+                    refused.append(refusal)
+                    raise adapter.upload_refusal(refusal.key)
+            return message
+
+        async def answered(message: Message) -> None:
+            if not refused:
+                await send(message)
+            elif message["type"] == "http.response.start":  # Gradio's own words for our refusal: ours instead
+                await self._refuse(refused[0], scope, send, unread_body=True)
+
+        await self.app(scope, counted, answered)
 
     async def _refuse(self, refusal: Refusal, scope: Scope, send: Send, *, unread_body: bool) -> None:
         """A short JSON answer (``{"detail": ...}``, as Gradio's own refusals) and one log line."""
@@ -542,6 +638,52 @@ class EdgeMiddleware:
 
 
 _OURS = {b"x-content-type-options", b"referrer-policy", b"content-security-policy", b"x-frame-options"}
+
+
+class UploadScanner:
+    """Reads an upload's multipart body alongside Gradio's parser: counts its parts (each a file, as the page and
+    gradio_client send them) and the bytes of each, and says when one passes a limit."""
+
+    def __init__(self, boundary: bytes, max_files: int, max_file_bytes: int) -> None:
+        self.max_files = max_files
+        self.max_file_bytes = max_file_bytes
+        self.parts = 0
+        self.part_bytes = 0
+        self.refusal: Refusal | None = None
+        self.malformed = False
+        self.parser = MultipartParser(
+            boundary, callbacks={"on_part_begin": self._part_begins, "on_part_data": self._part_data}
+        )
+
+    @classmethod
+    def of(cls, content_type: str | None, max_files: int, max_file_bytes: int) -> UploadScanner | None:
+        """A scanner for a multipart body, or None for anything else (Gradio refuses that itself, unread)."""
+        kind, options = parse_options_header(content_type or "")
+        boundary = options.get(b"boundary")
+        if kind != b"multipart/form-data" or not boundary:
+            return None
+        return cls(boundary, max_files, max_file_bytes)
+
+    def _part_begins(self) -> None:
+        self.parts += 1
+        self.part_bytes = 0
+        if self.parts > self.max_files and self.refusal is None:
+            self.refusal = Refusal(400, "edge.too_many_files", {"max": self.max_files})
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        self.part_bytes += end - start
+        if self.max_file_bytes and self.part_bytes > self.max_file_bytes and self.refusal is None:
+            self.refusal = Refusal(413, "edge.file_too_large", {"max_mb": f"{self.max_file_bytes / 2**20:g}"})
+
+    def feed(self, chunk: bytes) -> Refusal | None:
+        """Read the next piece of the body; the refusal once a limit is passed (a body Gradio would find malformed
+        is left to Gradio)."""
+        if self.refusal is None and not self.malformed and chunk:
+            try:
+                self.parser.write(chunk)
+            except Exception:  # noqa: BLE001 - malformed: Gradio's own parser refuses it with a 400
+                self.malformed = True
+        return self.refusal
 
 
 class _ClientGone(Exception):

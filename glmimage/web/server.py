@@ -97,10 +97,10 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
 
     styles = load_styles()
     translator = load_translations()
-    presets = load_size_presets()
+    family = expected_family(settings.model, TINY_FAMILIES)
+    presets = load_size_presets(family=family)
     examples = load_examples(styles.ids)
     enhancer_config = EnhancerConfig.from_env()
-    family = expected_family(settings.model, TINY_FAMILIES)
     if settings.backend == "ray":
         from ..engine.ray import RayEngine  # the only import of Ray, and only for this backend
 
@@ -147,14 +147,14 @@ def create_app(settings: Settings, engine_factory: EngineFactory = LocalEngine) 
         metrics=metrics,
         family=family,
     )
-    i18n = make_i18n(translator, styles)
+    i18n = make_i18n(translator, styles, family)
     context = build_demo(parts, i18n)
     demo = context.demo
     # api_open=False: otherwise POST /gradio_api/run/<name> skips the queue and its concurrency limit.
     # No max_size: Gradio's cap counts every waiting event, so a flood of cheap page events refused visitors'
     # Generate; the Edge counts --max-queue against generations only.
     demo.queue(default_concurrency_limit=1, max_size=None, api_open=False)
-    edge = Edge(demo, EdgePolicy.from_settings(settings), translator).install()
+    edge = Edge(demo, EdgePolicy.from_settings(settings, family), translator).install()
     return App(demo, loader, i18n, parts.files_root, engine, context, drain, maintenance, metrics, edge)
 
 
@@ -265,7 +265,8 @@ def launch(
         ssl_verify=not settings.tls,
         head=f'<script src="{PAGE_SCRIPT_PATH.lstrip("/")}"></script>',
         favicon_path=str(ASSETS_DIR / "favicon.png"),
-        # Uploads are pictures (to read parameters from, or to edit): each at most --max-upload-mb.
+        # Uploads are pictures (to read parameters from, or to edit): each at most --max-upload-mb (the edge refuses
+        # a larger one first, in the visitor's language; this is Gradio's own bound behind it).
         max_file_size=settings.max_upload_bytes,
         app_kwargs={"routes": routes, "lifespan": lifespan, "middleware": middleware},
         prevent_thread_lock=True,

@@ -28,7 +28,7 @@ from ..maintenance import Drain, MaintenanceFile
 from ..metrics import Metrics
 from ..models.families import COGVIEW4, Family
 from ..models.loading import PipelineLoader
-from ..service import API_FIELDS, GenerationService
+from ..service import API_FIELDS, EDIT_FIELDS, GenerationService
 from ..sessions import Session, dispose_session
 from ..sizes import SizePreset
 from ..styles import StyleBook
@@ -48,6 +48,8 @@ ENHANCER_CONCURRENCY = 4
 # Pictures read at once (/read_parameters: a PNG's text chunks, no pixels), and zips built at once (disk work).
 READ_CONCURRENCY = 4
 ZIP_CONCURRENCY = 2
+# Pictures taken into the Edit box at once (each decoded, up to 50 megapixels).
+PICTURES_CONCURRENCY = 2
 
 
 @dataclass
@@ -99,6 +101,7 @@ def build_demo(parts: AppParts, i18n: gr.I18n) -> Context:
             session_ttl=settings.session_ttl,
             with_enhancer=parts.enhancer is not None,
             with_maintenance=parts.maintenance is not None,
+            family=parts.family,
         )
         ctx = Context(
             page=page,
@@ -134,6 +137,7 @@ def wire(ctx: Context) -> None:
     page.maintenance_timer.tick(bind(handlers.show_operator_notes, ctx), None, notes, **INSTANT)
     _wire_generation(ctx)
     _wire_variations(ctx)
+    _wire_edit(ctx)
     _wire_history_and_privacy(ctx)
     _wire_download_all(ctx)
     _wire_sizes_and_preview(ctx)
@@ -154,10 +158,57 @@ def wire(ctx: Context) -> None:
 
 def _wire_generation(ctx: Context) -> None:
     page = ctx.page
+    after_outputs = [page.before_after] if handlers.can_edit(ctx) else []  # no "before" for a new picture
     _gpu_job(
-        ctx, [page.prompt.submit, page.run.click], handlers.generate, handlers.after_generation, api_name="generate"
+        ctx,
+        [page.prompt.submit, page.run.click],
+        handlers.generate,
+        handlers.after_generation,
+        api_name="generate",
+        after_outputs=after_outputs,
     )
     page.stop.click(handlers.request_stop, [page.session], None, **INSTANT)
+
+
+def _wire_edit(ctx: Context) -> None:
+    """/edit, for every model (one that cannot edit refuses each call, naming itself); the Edit tab's own events
+    where the model takes pictures: the box takes each picture in as it arrives, and forgets one taken out."""
+    page = ctx.page
+    _gpu_job(
+        ctx,
+        [page.edit_prompt.submit, page.edit_run.click],
+        handlers.edit,
+        handlers.after_edit,
+        api_name="edit",
+        inputs=[*page.edit_inputs, page.session],
+        validator=bind(check_edit, ctx),
+        after_inputs=[page.session, page.details, page.edit_files, page.gallery],
+        after_outputs=[page.before_after],
+    )
+    if not handlers.can_edit(ctx):
+        return
+    page.edit_stop.click(handlers.request_stop, [page.session], None, **INSTANT)
+    page.edit_pictures.upload(
+        bind(handlers.take_pictures, ctx),
+        [page.edit_pictures, page.session],
+        [page.edit_pictures, page.width, page.height, page.size_preset, page.session],
+        api_visibility="private",
+        preprocess=False,  # the paths as Gradio received them; the intake reads each file itself
+        concurrency_limit=PICTURES_CONCURRENCY,
+        concurrency_id="pictures",
+        show_progress="minimal",
+    )
+    page.edit_pictures.delete(bind(handlers.drop_picture, ctx), [page.session], [page.session], **QUIET)
+    # What Edit sends is always what the box shows: its pictures copied into /edit's list of files as they are
+    # (raw file records both ways, so nothing is read, copied or written on the server).
+    page.edit_pictures.change(
+        handlers.mirror_pictures,
+        [page.edit_pictures],
+        [page.edit_files],
+        preprocess=False,
+        postprocess=False,
+        **INSTANT,
+    )
 
 
 def _wire_variations(ctx: Context) -> None:
@@ -175,17 +226,28 @@ def _wire_variations(ctx: Context) -> None:
 
 
 def _gpu_job(
-    ctx: Context, triggers: list[Any], fn: Callable[..., Any], after: Callable[..., Any], **options: Any
+    ctx: Context,
+    triggers: list[Any],
+    fn: Callable[..., Any],
+    after: Callable[..., Any],
+    *,
+    inputs: list[Any] | None = None,
+    validator: Callable[..., Any] | None = None,
+    after_inputs: list[Any] | None = None,
+    after_outputs: list[Any] | None = None,
+    **options: Any,
 ) -> None:
-    """An event that runs on the GPU: the controls in, the result out, the generation checks before it queues,
-    the "gpu" queue group and concurrency; then ``after`` updates the timings line, history and log."""
+    """An event that runs on the GPU: the controls in (/generate's unless ``inputs`` says otherwise), the result
+    out (what /generate returns), the checks before it queues (``validator``, the generation checks by default),
+    the "gpu" queue group and concurrency; then ``after`` updates the timings line, history and log (and
+    ``after_outputs``)."""
     page = ctx.page
     job = gr.on(
         triggers,
         bind(fn, ctx),
-        inputs=[*page.request_inputs, page.session],
+        inputs=inputs or [*page.request_inputs, page.session],
         outputs=[page.gallery, page.seed_used, page.details, page.session],
-        validator=bind(check_generation, ctx),
+        validator=validator or bind(check_generation, ctx),
         preprocess=False,
         concurrency_limit=ctx.settings.workers,  # one job per pipeline of the pool
         concurrency_id="gpu",
@@ -193,7 +255,13 @@ def _gpu_job(
         **options,
     )
     # Not an output of the job itself: API clients would download the whole history with every call.
-    job.then(bind(after, ctx), [page.session, page.details], [page.timings, *page.history_outputs], **QUIET)
+    job.then(
+        bind(after, ctx),
+        after_inputs or [page.session, page.details],
+        [page.timings, *page.history_outputs, *(after_outputs or [])],
+        preprocess=False,
+        **QUIET,
+    )
 
 
 def _wire_download_all(ctx: Context) -> None:
@@ -246,10 +314,11 @@ def _wire_read_parameters(ctx: Context) -> None:
 def _wire_history_and_privacy(ctx: Context) -> None:
     page = ctx.page
     session_and_history = [page.session, *page.history_outputs]
+    edit_outputs = [page.edit_prompt, page.before_after] if handlers.can_edit(ctx) else []
     page.history.select(
         bind(handlers.restore, ctx),
         [page.session],
-        [*page.request_inputs, page.size_preset, page.gallery, page.seed_used, page.timings],
+        [*page.request_inputs, page.size_preset, page.gallery, page.seed_used, page.timings, *edit_outputs],
         **INSTANT,
     )
     page.clear_history.click(bind(handlers.clear_history, ctx), [page.session], session_and_history, **QUIET)
@@ -270,6 +339,10 @@ def _wire_history_and_privacy(ctx: Context) -> None:
             page.final_negative,
             page.download_all_file,
             page.download_all_ready,
+            page.edit_pictures,
+            page.edit_files,
+            page.edit_prompt,
+            page.before_after,
             *page.history_outputs,
         ],
         **QUIET,
@@ -341,6 +414,60 @@ async def check_generation(
         return [gr.validate(name != field, text if name == field else "") for name in API_FIELDS] + [None]
     adapter.mark_request(request, handlers.ENQUEUED_AT, time.monotonic())
     return [gr.validate(True, "")] * len(API_FIELDS) + [None]
+
+
+async def check_edit(
+    ctx: Context,
+    prompt: Any,
+    images: Any,
+    width: Any,
+    height: Any,
+    num_images: Any,
+    seed: Any,
+    randomize_seed: Any,
+    num_inference_steps: Any,
+    guidance_scale: Any,
+    session: Session,
+    request: gr.Request,
+) -> list[Any]:
+    """/edit's checks before a job may queue, the same as Generate's (input rules, the per-visitor job cap, the
+    rate limit, maintenance and shutdown) and, for the pictures, what needs no decoding: the model takes pictures,
+    their number, each one uploaded (or in this session's Edit box) and its size, format, pixel count and shape
+    from its header. A refused edit keeps nothing of its uploads. ``async`` for the reason Generate's is."""
+    values = (prompt, images, width, height, num_images, seed, randomize_seed, num_inference_steps, guidance_scale)
+    raw = dict(zip(EDIT_FIELDS, values, strict=True))
+    client = handlers.client_address(request)
+    lang = handlers.language(request)
+    try:
+        try:
+            ctx.service.check_open(lang)  # a server shutting down says so before anything about pictures
+            # A model that cannot edit refuses here, naming itself; then the pictures, as far as headers go.
+            sources = handlers.edit_sources(ctx, images, session, ctx.settings.max_upload_bytes)
+        except (InputError, Refused) as exc:
+            ctx.service.record_refusal(exc, raw, session, handlers.picture_items(images))
+            raise
+        jobs = handlers.jobs_of_client(ctx.demo, client)
+        pictures = [path for _kind, path in sources]
+        ctx.service.admit(raw, client, request.session_hash or client, jobs, session, lang=lang, images=pictures)
+    except (InputError, Refused) as exc:
+        handlers.discard_uploads(ctx, images)
+        field = edit_field_at_fault(exc)
+        text = handlers.message(ctx.translator, exc, lang)
+        return [gr.validate(name != field, text if name == field else "") for name in EDIT_FIELDS] + [None]
+    adapter.mark_request(request, handlers.ENQUEUED_AT, time.monotonic())
+    return [gr.validate(True, "")] * len(EDIT_FIELDS) + [None]
+
+
+def edit_field_at_fault(error: InputError | Refused) -> str:
+    """The /edit parameter a refusal is shown on: the pictures for anything about them, else as for Generate."""
+    about_pictures = error.key.startswith("error.upload") or error.key in (
+        "error.edit_unsupported",
+        "error.picture_missing",
+        "error.aspect",
+        "error.no_images",
+        "error.too_many_images",
+    )
+    return "images" if about_pictures else handlers.field_at_fault(error)
 
 
 async def check_enhancement(ctx: Context, text: Any, request: gr.Request) -> dict[str, Any]:
