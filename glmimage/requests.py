@@ -89,15 +89,10 @@ def validate_prompt_text(value: object) -> str:
 
 def _integer(field: str, value: object, low: int, high: int) -> int:
     """A whole number in [low, high]; 512.0 is accepted (JSON has one number type), 512.5 and True are not."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(
-            "error.not_integer",
-            f"{field} must be a whole number from {low} to {high}.",
-            field=field,
-            min=low,
-            max=high,
-        )
-    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+    whole = not isinstance(value, bool) and (
+        isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
+    )
+    if not whole:
         raise InputError(
             "error.not_integer",
             f"{field} must be a whole number from {low} to {high}.",
@@ -106,15 +101,7 @@ def _integer(field: str, value: object, low: int, high: int) -> int:
             max=high,
         )
     number = int(value)
-    if not low <= number <= high:
-        raise InputError(
-            "error.out_of_range",
-            f"{field} must be from {low} to {high} (got {number}).",
-            field=field,
-            min=low,
-            max=high,
-            value=number,
-        )
+    _check_range(field, number, low, high)
     return number
 
 
@@ -127,6 +114,12 @@ def _number(field: str, value: object, low: float, high: float) -> float:
             min=low,
             max=high,
         )
+    _check_range(field, value, low, high)
+    return float(value)
+
+
+def _check_range(field: str, value: float, low: float, high: float) -> None:
+    """The one range check of whole and real numbers alike, after each has checked its type."""
     if not low <= value <= high:
         raise InputError(
             "error.out_of_range",
@@ -136,7 +129,6 @@ def _number(field: str, value: object, low: float, high: float) -> float:
             max=high,
             value=value,
         )
-    return float(value)
 
 
 def _size(width: int, height: int, rules: SizeRules) -> None:

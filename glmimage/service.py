@@ -28,10 +28,8 @@ from .styles import NO_STYLE, StyleBook
 
 log = logging.getLogger("glmimage.service")
 
-API_FIELDS = (
-    "prompt",
-    "negative_prompt",
-    "style",
+# The parameters /generate and /edit share, in API order, after what each asks in words (and pictures).
+SETTINGS_FIELDS = (
     "width",
     "height",
     "num_images",
@@ -40,18 +38,9 @@ API_FIELDS = (
     "num_inference_steps",
     "guidance_scale",
 )
+API_FIELDS = ("prompt", "negative_prompt", "style", *SETTINGS_FIELDS)
 # /edit's parameters, in API order: no negative prompt and no style (an edit says what to change, in words).
-EDIT_FIELDS = (
-    "prompt",
-    "images",
-    "width",
-    "height",
-    "num_images",
-    "seed",
-    "randomize_seed",
-    "num_inference_steps",
-    "guidance_scale",
-)
+EDIT_FIELDS = ("prompt", "images", *SETTINGS_FIELDS)
 
 
 @dataclass

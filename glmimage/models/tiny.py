@@ -88,7 +88,8 @@ def _build_tokenizer():
     )
 
 
-def _patch_json(path: Path, key: str, value: object) -> None:
+def patch_json(path: Path, key: str, value: object) -> None:
+    """Set one key of a JSON file that ``save_pretrained`` wrote, where it records a name the real repo does not."""
     data = json.loads(path.read_text(encoding="utf-8"))
     data[key] = value
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -166,12 +167,17 @@ def build_tiny_pipeline(out_dir: str | os.PathLike[str]) -> Path:
         module.to(torch.bfloat16)  # stored like the real checkpoint; from_pretrained(dtype=...) casts
     pipe.save_pretrained(out, safe_serialization=True)
     # transformers 5 saves the tokenizer class as "TokenizersBackend"; the real repo names the public class.
-    _patch_json(out / "model_index.json", "tokenizer", ["transformers", "PreTrainedTokenizerFast"])
-    _patch_json(out / "tokenizer" / "tokenizer_config.json", "tokenizer_class", "PreTrainedTokenizerFast")
-    for path in out.rglob("*"):
+    patch_json(out / "model_index.json", "tokenizer", ["transformers", "PreTrainedTokenizerFast"])
+    patch_json(out / "tokenizer" / "tokenizer_config.json", "tokenizer_class", "PreTrainedTokenizerFast")
+    make_readable(out)
+    return out
+
+
+def make_readable(folder: Path) -> None:
+    """Every file of a saved tiny model readable by all (0o644), whoever built it, as the builders leave it."""
+    for path in folder.rglob("*"):
         if path.is_file():
             path.chmod(0o644)
-    return out
 
 
 def ensure_tiny_model(cache_dir: str | os.PathLike[str] | None = None) -> Path:

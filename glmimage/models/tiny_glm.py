@@ -13,12 +13,11 @@ Adapted from ``shared/reference/make_tiny_glm_image.py`` (checked with diffusers
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-from .tiny import ensure_built
+from .tiny import ensure_built, make_readable, patch_json
 
 TINY_GLM_MODEL_NAME = "tiny-glm"
 # Bump when the recipe changes, so an old cached build is not reused.
@@ -67,12 +66,6 @@ def _ar_tokenizer():
         padding_side="left",
         extra_special_tokens={"image_token": "<|image|>", "grid_bos_token": "<sop>", "grid_eos_token": "<eop>"},
     )
-
-
-def _patch_json(path: Path, key: str, value: object) -> None:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data[key] = value
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def build_tiny_glm_pipeline(out_dir: str | os.PathLike[str]) -> Path:
@@ -180,13 +173,11 @@ def build_tiny_glm_pipeline(out_dir: str | os.PathLike[str]) -> Path:
     pipe.save_pretrained(out, safe_serialization=True)
     # save_pretrained records the library of the two transformers components as "glm_image" (the module's name);
     # write the library itself, as model_index.json does for every other transformers component. Both load.
-    _patch_json(out / "model_index.json", "processor", ["transformers", "GlmImageProcessor"])
-    _patch_json(
+    patch_json(out / "model_index.json", "processor", ["transformers", "GlmImageProcessor"])
+    patch_json(
         out / "model_index.json", "vision_language_encoder", ["transformers", "GlmImageForConditionalGeneration"]
     )
-    for path in out.rglob("*"):
-        if path.is_file():
-            path.chmod(0o644)
+    make_readable(out)
     return out
 
 

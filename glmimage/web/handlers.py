@@ -201,7 +201,7 @@ async def generate(
 ) -> dict[Any, Any]:
     """Generate images (the /generate API): returns them, the seed used, and the parameters with timings.
     Async: a cancelled event stops its job (see :func:`run_job`)."""
-    lang, page = language(request), ctx.page
+    lang = language(request)
     raw = dict(
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -214,14 +214,25 @@ async def generate(
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
     )
-    enqueued = adapter.request_mark(request, ENQUEUED_AT) or time.monotonic()
-    queue_s = time.monotonic() - enqueued
+    enqueued, queue_s = queue_times(request)
     try:
         # The validator already passed these values; this rebuilds the typed request from them.
         req = ctx.service.validated(raw)
         outcome = await run_job(ctx, req, session, request, progress, enqueued, queue_s)
     except (EngineError, InputError) as exc:
         return ended_early(ctx, exc, session, lang)
+    return shown_outcome(ctx, outcome, session)
+
+
+def queue_times(request: gr.Request) -> tuple[float, float]:
+    """When the job joined the queue (marked by its validator; now, where none ran) and how long it waited."""
+    enqueued = adapter.request_mark(request, ENQUEUED_AT) or time.monotonic()
+    return enqueued, time.monotonic() - enqueued
+
+
+def shown_outcome(ctx: Context, outcome: Outcome, session: Session) -> dict[Any, Any]:
+    """What a GPU job's event returns (/generate's and /edit's answer): the images, the seed used, the details."""
+    page = ctx.page
     return {
         page.gallery: outcome.files,
         page.seed_used: outcome.seed,
@@ -421,8 +432,7 @@ async def edit(
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
     )
-    enqueued = adapter.request_mark(request, ENQUEUED_AT) or time.monotonic()
-    queue_s = time.monotonic() - enqueued
+    enqueued, queue_s = queue_times(request)
     family, max_bytes = ctx.service.family, ctx.settings.max_upload_bytes
     made: list[Path] = []  # this request's own clean copies
     try:
@@ -450,12 +460,7 @@ async def edit(
             path.unlink(missing_ok=True)
         # Gradio keeps the last value of each input of a session: the pictures' original file names.
         adapter.forget_input_value(ctx.demo, request.session_hash, page.edit_files)
-    return {
-        page.gallery: outcome.files,
-        page.seed_used: outcome.seed,
-        page.details: outcome.details,
-        page.session: session,
-    }
+    return shown_outcome(ctx, outcome, session)
 
 
 def after_edit(

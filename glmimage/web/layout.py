@@ -105,35 +105,19 @@ class Page:
     before_after: gr.ImageSlider
 
     @property
+    def settings_inputs(self) -> list[Any]:
+        """The controls /generate and /edit share, in API order (``service.SETTINGS_FIELDS``)."""
+        return [self.width, self.height, self.num_images, self.seed, self.randomize_seed, self.steps, self.guidance]
+
+    @property
     def request_inputs(self) -> list[Any]:
         """The controls behind /generate's parameters, in API order (``service.API_FIELDS``)."""
-        return [
-            self.prompt,
-            self.negative_prompt,
-            self.style,
-            self.width,
-            self.height,
-            self.num_images,
-            self.seed,
-            self.randomize_seed,
-            self.steps,
-            self.guidance,
-        ]
+        return [self.prompt, self.negative_prompt, self.style, *self.settings_inputs]
 
     @property
     def edit_inputs(self) -> list[Any]:
         """The controls behind /edit's parameters, in API order (``service.EDIT_FIELDS``)."""
-        return [
-            self.edit_prompt,
-            self.edit_files,
-            self.width,
-            self.height,
-            self.num_images,
-            self.seed,
-            self.randomize_seed,
-            self.steps,
-            self.guidance,
-        ]
+        return [self.edit_prompt, self.edit_files, *self.settings_inputs]
 
     @property
     def history_outputs(self) -> list[Any]:

@@ -12,7 +12,7 @@ import asyncio
 import datetime
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -409,11 +409,10 @@ async def check_generation(
         ctx.service.admit(raw, client, request.session_hash or client, jobs, session, lang=lang)
     except (InputError, Refused) as exc:
         # One result per input: the message shows on the field at fault (the prompt for limits).
-        field = handlers.field_at_fault(exc)
         text = handlers.message(ctx.translator, exc, handlers.language(request))
-        return [gr.validate(name != field, text if name == field else "") for name in API_FIELDS] + [None]
+        return verdicts(API_FIELDS, handlers.field_at_fault(exc), text)
     adapter.mark_request(request, handlers.ENQUEUED_AT, time.monotonic())
-    return [gr.validate(True, "")] * len(API_FIELDS) + [None]
+    return verdicts(API_FIELDS)
 
 
 async def check_edit(
@@ -451,11 +450,15 @@ async def check_edit(
         ctx.service.admit(raw, client, request.session_hash or client, jobs, session, lang=lang, images=pictures)
     except (InputError, Refused) as exc:
         handlers.discard_uploads(ctx, images)
-        field = edit_field_at_fault(exc)
-        text = handlers.message(ctx.translator, exc, lang)
-        return [gr.validate(name != field, text if name == field else "") for name in EDIT_FIELDS] + [None]
+        return verdicts(EDIT_FIELDS, edit_field_at_fault(exc), handlers.message(ctx.translator, exc, lang))
     adapter.mark_request(request, handlers.ENQUEUED_AT, time.monotonic())
-    return [gr.validate(True, "")] * len(EDIT_FIELDS) + [None]
+    return verdicts(EDIT_FIELDS)
+
+
+def verdicts(fields: Sequence[str], field: str | None = None, text: str = "") -> list[Any]:
+    """A validator's answer: one result per API parameter, ``text`` shown on ``field`` (none: all pass), and none
+    for the session, which is no parameter of the API."""
+    return [gr.validate(name != field, text if name == field else "") for name in fields] + [None]
 
 
 def edit_field_at_fault(error: InputError | Refused) -> str:
