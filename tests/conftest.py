@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
 import os
 import shutil
 import socket
@@ -28,6 +30,13 @@ from glmimage.styles import StyleBook, load_styles  # noqa: E402
 
 # The size and step count every end-to-end test uses: real code on the tiny model, fast on a CPU.
 SMALL = dict(width=512, height=512, num_inference_steps=2)
+
+
+def run_async(coroutine: Any) -> Any:
+    """Run a coroutine to its end on a thread of its own: the browser tests of the same run keep Playwright's event
+    loop running on the main thread, where ``asyncio.run`` refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def free_port() -> int:

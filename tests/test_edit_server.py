@@ -8,7 +8,6 @@ One tiny-glm server for the module (its model loads in about a second); 512x512,
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -22,6 +21,7 @@ import gradio as gr
 import httpx
 import numpy as np
 import pytest
+from conftest import run_async
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError, ValidationError
 from PIL import Image
@@ -302,10 +302,7 @@ def test_an_edit_is_held_to_generates_checks_before_it_queues_and_a_refused_one_
     def refusals() -> tuple[dict[str, str], str]:
         upload = upload_file(glm, noise(tmp_path))
         values = [PROMPT, [{"path": upload}], 512, 512, 1, 1, False, 2, 1.5]
-        # On a thread of its own: the browser tests of the same run keep Playwright's event loop running on this one.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            coroutine = wiring.check_edit(checked, *values, handlers.Session(ctx.files_root), request)
-            results = pool.submit(asyncio.run, coroutine).result()
+        results = run_async(wiring.check_edit(checked, *values, handlers.Session(ctx.files_root), request))
         return {name: r["message"] for name, r in zip(EDIT_FIELDS, results, strict=False) if not r["is_valid"]}, upload
 
     generate_values = dict(GENERATE, prompt=PROMPT, num_inference_steps=2)

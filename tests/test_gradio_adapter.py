@@ -19,7 +19,7 @@ from typing import Any
 import gradio as gr
 import httpx
 import pytest
-from conftest import free_port, request_kwargs
+from conftest import free_port, request_kwargs, run_async
 from rawhttp import http_client, read_events, submit
 
 from glmimage.engine import LocalEngine
@@ -346,7 +346,7 @@ def test_an_upload_refusal_raised_while_gradio_reads_the_body_deletes_what_it_wr
     headers = Headers({"content-type": f"multipart/form-data; boundary={boundary}"})
     parser = GradioMultiPartParser(headers, body(), upload_dir=str(tmp_path), max_file_size=10**9)
     with pytest.raises(Exception, match="too many files") as refused:
-        asyncio.run(parser.parse())
+        run_async(parser.parse())
     assert type(refused.value).__name__ == "MultiPartException"
     assert list(tmp_path.iterdir()) == []  # the first file, half written, was deleted
 

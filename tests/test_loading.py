@@ -77,6 +77,8 @@ def test_dtype_auto_is_bfloat16_on_cuda_and_float32_on_cpu_and_an_explicit_one_i
         (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), DEFAULT_MODEL, "load.oom"),
         (RuntimeError("CUDA error: out of memory"), DEFAULT_MODEL, "load.oom"),
         (RuntimeError("shape mismatch in layer 3"), DEFAULT_MODEL, "load.failed"),
+        # a tiny model is built here: a file missing while building it is no wrong path the operator typed
+        (FileNotFoundError("no such file"), "tiny-glm", "load.failed"),
     ],
 )
 def test_failure_key_says_what_to_do_for_each_kind_of_loading_error(exc, model, key):

@@ -4,18 +4,16 @@ the server's real upload route, as the page and gradio_client send them."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import io
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
 import httpx
 import numpy as np
 import pytest
+from conftest import run_async
 from PIL import Image, PngImagePlugin
 from starlette.requests import Request
 
@@ -264,13 +262,6 @@ SETTINGS = dict(
     num_inference_steps=2,
     guidance_scale=3.5,
 )
-
-
-def run_async(coroutine: Any) -> Any:
-    """Run a handler coroutine to its end on a thread of its own: the browser tests of the same run keep
-    Playwright's event loop running on this one, where asyncio.run refuses to start."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
 
 
 def pixels(path: str) -> np.ndarray:

@@ -119,6 +119,8 @@ def failure_key(exc: BaseException, model: str) -> str:
     text = f"{type(exc).__name__}: {exc}"
     if "OutOfMemory" in text or "out of memory" in text.lower():
         return "load.oom"
+    if model in TINY_BUILDERS:  # built here, neither a path nor a hub id: the detail says what failed
+        return "load.failed"
     looks_like_path = model.startswith((".", "/", "~")) or model.count("/") != 1  # a hub id is "org/name"
     hub_words = (
         "LocalEntryNotFound",
