@@ -84,10 +84,12 @@ def tiny_pipeline(tiny_model_path: Path) -> Any:
 class RunningServer:
     """A launched app: ``url`` for clients, ``app`` for looking inside (files folder, loader, engine)."""
 
-    def __init__(self, app: Any, settings: Settings) -> None:
+    def __init__(self, app: Any, settings: Settings, *, keep: bool = False) -> None:
         self.app = app
         self.settings = settings
         self.url = f"http://{settings.host}:{settings.port}/"
+        self.keep = keep  # shared by the whole run: not closed at the end of the module that started it
+        self.closed = False
 
     def client(self, **kwargs: Any) -> Any:
         from gradio_client import Client
@@ -95,7 +97,14 @@ class RunningServer:
         return Client(self.url, verbose=False, **kwargs)
 
     def close(self) -> None:
-        self.app.demo.close()
+        if not self.closed:
+            self.closed = True
+            self.app.demo.close()
+
+
+# Every server started in this run, in order: a module's own servers are closed when the module ends (threads,
+# sockets and pipelines do not pile up over a long run); the shared ones when the run ends.
+STARTED: list[RunningServer] = []
 
 
 @pytest.fixture(scope="session")
@@ -104,9 +113,7 @@ def start_server(tiny_model_path: Path) -> Iterator[Callable[..., RunningServer]
     from glmimage.engine import LocalEngine
     from glmimage.web.server import launch
 
-    servers: list[RunningServer] = []
-
-    def start(engine_factory: Any = LocalEngine, **overrides: Any) -> RunningServer:
+    def start(engine_factory: Any = LocalEngine, keep: bool = False, **overrides: Any) -> RunningServer:
         values: dict[str, Any] = dict(
             model="tiny",
             host="127.0.0.1",
@@ -121,16 +128,25 @@ def start_server(tiny_model_path: Path) -> Iterator[Callable[..., RunningServer]
         settings = Settings(**values)
         app = launch(settings, block=False, engine_factory=engine_factory)
         app.loader.wait(120)
-        server = RunningServer(app, settings)
-        servers.append(server)
+        server = RunningServer(app, settings, keep=keep)
+        STARTED.append(server)
         return server
 
     yield start
-    for server in servers:
+    for server in STARTED:
         server.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def close_servers_of_the_module() -> Iterator[None]:
+    first = len(STARTED)
+    yield
+    for server in STARTED[first:]:
+        if not server.keep:
+            server.close()
 
 
 @pytest.fixture(scope="session")
 def server(start_server: Callable[..., RunningServer]) -> RunningServer:
     """The default server shared by end-to-end tests: no rate limit, concurrency 1."""
-    return start_server()
+    return start_server(keep=True)

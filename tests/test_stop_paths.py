@@ -35,11 +35,12 @@ def pixels(result: tuple) -> np.ndarray:
     return np.asarray(Image.open(images[0]["image"]).convert("RGB"))
 
 
-def running_record(engine: Any, after: int) -> Any:
-    """The engine's record of the job started after ``after`` earlier ones, once it has run two steps."""
+def running_record(engine: Any, since: float) -> Any:
+    """The engine's record of the first job started after ``since`` (``time.monotonic()``), once it has run two
+    steps. By time, not by position: ``engine.recent`` keeps the last 100 jobs, and a long test run fills it."""
 
     def found() -> Any:
-        records = list(engine.recent)[after:]
+        records = [record for record in list(engine.recent) if record.started >= since]
         return records[0] if records and records[0].steps_done >= 2 else None
 
     return wait_for(found)
@@ -57,9 +58,9 @@ def test_an_api_cancel_stops_the_job_within_a_step_and_the_same_request_then_dra
     client = cached.client()
     before = pixels(client.predict(**request_kwargs(num_inference_steps=6), api_name="/generate"))
 
-    seen = len(engine.recent)
+    since = time.monotonic()
     job = client.submit(**request_kwargs(num_inference_steps=LONG), api_name="/generate")
-    record = running_record(engine, seen)
+    record = running_record(engine, since)
     assert job.cancel()
     # /gradio_api/cancel answers once the handler was cancelled and the job's stop flag set: from here the job
     # finishes the step it is in, at most, and ends.
@@ -84,9 +85,9 @@ def test_a_session_ended_mid_job_stops_the_job_and_keeps_no_file_history_or_log_
     folder = session.folder
     assert session.history and any(folder.iterdir())
 
-    seen = len(engine.recent)
+    since = time.monotonic()
     job = client.submit(**request_kwargs(prompt="the last job", num_inference_steps=LONG), api_name="/generate")
-    record = running_record(engine, seen)
+    record = running_record(engine, since)
     forget_session(server.app.demo, client.session_hash)  # what closing the tab does (the page's unload event)
     wait_for(lambda: record.ended is not None)
     job.result(timeout=60)  # the handler has ended too: nothing of the job is still on its way

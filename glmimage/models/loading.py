@@ -219,7 +219,7 @@ class PipelineLoader:
         if not self._done.wait(timeout):
             raise ModelNotReady("load.timeout")
         if self.state is ModelState.FAILED:
-            raise ModelNotReady(self.error_key, detail=self.error_detail)
+            raise ModelNotReady(self.error_key, f"{self.error_key}: {self.error_detail}", detail=self.error_detail)
         return self.workers
 
     def wait(self, timeout: float | None = None) -> Any:
