@@ -195,3 +195,15 @@ def test_the_loader_says_warming_up_while_the_warm_up_runs_on_every_worker():
     loader.wait(120)
     assert states == [(ModelState.WARMING, "cpu:0"), (ModelState.WARMING, "cpu:1")]
     assert loader.state is ModelState.READY
+
+
+def test_two_models_loading_at_once_in_one_process_both_load():
+    """from_pretrained builds each model under accelerate's ``init_empty_weights``, which patches torch's module
+    class for the whole process: two loads on two threads at once left one model's weights on the meta device."""
+    from glmimage.models.tiny_glm import TINY_GLM_MODEL_NAME
+
+    for _attempt in range(3):
+        loaders = [PipelineLoader(name, warmup=False).start() for name in (TINY_MODEL_NAME, TINY_GLM_MODEL_NAME)]
+        for loader in loaders:
+            assert loader.wait(120) is not None, loader.error_detail
+            assert loader.state is ModelState.READY

@@ -30,6 +30,11 @@ from .tiny_glm import TINY_GLM_MODEL_NAME, ensure_tiny_glm_model
 # Test models built offline into --cache-dir on first use, by name, and the family each one is.
 TINY_BUILDERS = {TINY_MODEL_NAME: ensure_tiny_model, TINY_GLM_MODEL_NAME: ensure_tiny_glm_model}
 TINY_FAMILIES = {TINY_MODEL_NAME: COGVIEW4, TINY_GLM_MODEL_NAME: GLM_IMAGE}
+# One from_pretrained (or tiny build) at a time in a process: from_pretrained builds each model under
+# accelerate's init_empty_weights, which patches torch's Module class process-wide, so a second load on another
+# thread got meta tensors it could not move ("Cannot copy out of meta tensor"). One server loads one model;
+# tests and benchmarks start several.
+_READING_WEIGHTS = threading.Lock()
 # Each family's pipeline call (glmimage.models.run.PipelineCall), by the family's key.
 PIPELINE_CALLS: dict[str, PipelineCall] = {COGVIEW4.key: call_cogview4, GLM_IMAGE.key: call_glm_image}
 
@@ -279,7 +284,11 @@ class PipelineLoader:
 
         torch = self._torch
         build = TINY_BUILDERS.get(self.choice.name)
-        path = str(build(self.cache_dir)) if build is not None else self.choice.name
+        if build is not None:
+            with _READING_WEIGHTS:  # building creates modules too: never while another thread reads weights
+                path = str(build(self.cache_dir))
+        else:
+            path = self.choice.name
         # The pipeline class comes from the folder's model_index.json, through the capability table.
         self.family = family = family_of_model(path)
         if self.expected_family is not None and family.key != self.expected_family.key:  # by key: it may be a copy
@@ -300,7 +309,8 @@ class PipelineLoader:
         )
         # Always pass the dtype: without it the text encoder keeps bfloat16 while the rest is float32.
         pipeline_class = getattr(diffusers, family.pipeline_class)
-        pipe = pipeline_class.from_pretrained(path, dtype=getattr(torch, self.dtype_name))
+        with _READING_WEIGHTS:
+            pipe = pipeline_class.from_pretrained(path, dtype=getattr(torch, self.dtype_name))
         self.tokenizer = pipe.tokenizer
         pipelines = pipelines_for(pipe, self.devices, self.fast, quantize=family.heavy_components)
         names = worker_names([str(device) for device in self.devices])
