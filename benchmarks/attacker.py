@@ -443,10 +443,11 @@ RUNNERS: dict[str, Callable[[Path, Scale], dict[str, Any]]] = {
 
 def rows(r: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str], str]]:
     """(measure, how to show one checkout's figure, goal) for each line of the report."""
+    memory = r.get("memory", {})
+    body_mib = f"{memory['body_mib']:g}" if "body_mib" in memory else "?"  # without the memory scenario: unknown
     return [
         (
-            f"memory: RSS growth after {r.get('memory', {}).get('bodies', '?')} bodies of "
-            f"{r.get('memory', {}).get('body_mib', '?'):g} MB",
+            f"memory: RSS growth after {memory.get('bodies', '?')} bodies of {body_mib} MB",
             lambda m: (
                 f"{m['rss_after_bodies_mib'] - m['rss_idle_mib']:+.0f} MiB ({m['rss_idle_mib']:.0f} → "
                 f"{m['rss_after_bodies_mib']:.0f}); statuses {sorted(set(m['body_statuses']))}; at most "

@@ -132,6 +132,19 @@ def test_memory_samples_rss_after_every_generation_and_tells_allocator_steps_fro
     check_common(data, "memory", out)
 
 
+def test_the_attacker_report_of_a_run_without_the_memory_scenario_is_written_with_its_rows_unmeasured(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    import _common
+    import attacker
+
+    logs = {"calls": 20, "statuses": {"404": 20}, "log_bytes_per_call": 96, "tracebacks": 0}
+    data = {"command": "python benchmarks/attacker.py --scenarios logs", "machine": _common.machine()}
+    data["results"] = {"after_target": ".", "after": {"logs": logs}}
+    report = attacker.to_markdown(data)
+    assert "| memory: RSS growth after ? bodies of ? MB | – | – | ≤ +64 MiB | – |" in report
+    assert "| logs: bytes per call to an unknown event | – | 96 B; 0 tracebacks in 20 calls" in report
+
+
 def test_attacker_measures_memory_disk_and_logs_against_this_checkout(out):
     # Three of the six scenarios, shrunk, against this checkout only (a BEFORE checkout needs another commit).
     data = run_benchmark(
