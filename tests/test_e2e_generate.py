@@ -81,6 +81,18 @@ def test_an_image_of_the_requested_size_arrives(client, width, height):
     assert details["model"] == "tiny"
 
 
+def test_an_api_call_may_leave_out_everything_but_the_prompt_and_gets_the_pages_defaults(client):
+    # Size and steps are given only to keep the tiny model fast; negative prompt, style, images, seed and guidance
+    # are left out, as a script that only has a prompt would.
+    images, seed, details = client.predict(
+        prompt="just a prompt", width=512, height=512, num_inference_steps=2, api_name="/generate"
+    )
+    parameters = details["parameters"]
+    assert len(images) == 1 and 0 <= seed < 2**32
+    assert parameters["negative_prompt"] == "" and parameters["style"] == "none"
+    assert parameters["guidance_scale"] == 3.5 and parameters["num_images"] == 1
+
+
 def test_the_largest_seed_is_accepted_and_returned_unchanged(client):
     _, seed, details = generate(client, seed=limits.MAX_SEED)
     assert seed == details["seed"] == details["parameters"]["seed"] == 2**32 - 1

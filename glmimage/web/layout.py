@@ -319,6 +319,7 @@ def _advanced(i18n: gr.I18n, family: Family) -> dict[str, Any]:
     with gr.Accordion(i18n("label.advanced"), open=False, elem_id="advanced"):
         # Hidden for a model without one: validation refuses a non-empty one, so the page never offers it.
         negative_prompt = gr.Textbox(
+            "",  # an initial value: API clients may leave the negative prompt out
             label=i18n("label.negative_prompt"),
             lines=2,
             placeholder=i18n("placeholder.negative_prompt"),
