@@ -343,10 +343,19 @@ def _env_defaults(environ: Mapping[str, str]) -> dict[str, object]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="app.py",
-        description="GLM Image: a web demo for CogView4 text-to-image. Every option can also be set with an "
-        "environment variable GLMIMAGE_<OPTION> (e.g. GLMIMAGE_MODEL, GLMIMAGE_CONCURRENCY).",
+        description="GLM Image: a web app for CogView4 and GLM-Image (text-to-image; GLM-Image also edits "
+        "pictures). Every option can also be set with an environment variable GLMIMAGE_<OPTION> (e.g. "
+        "GLMIMAGE_MODEL, GLMIMAGE_CONCURRENCY).",
     )
-    model = p.add_argument_group("model")
+    _model_options(p.add_argument_group("model"))
+    _serving_options(p.add_argument_group("serving"))
+    _cluster_options(p.add_argument_group("cluster (Ray Serve, needs requirements-ray.txt)"))
+    _privacy_options(p.add_argument_group("privacy"))
+    _operator_options(p.add_argument_group("operators"))
+    return p
+
+
+def _model_options(model: argparse._ArgumentGroup) -> None:
     model.add_argument(
         "--model",
         help=f"hub id (e.g. {DEFAULT_MODEL} or zai-org/GLM-Image), local folder, or 'tiny' / 'tiny-glm' "
@@ -366,11 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--warmup",
         action=argparse.BooleanOptionalAction,
-        help="one small generation at start-up (512x512, 2 steps, no guidance), so the first visitor does not pay "
-        "for first-use set-up; with --compile, the first generation at another size or with guidance still compiles",
+        help="generations at start-up, so the first visitor does not pay for first-use set-up (default on): one "
+        "small 2-step job with the model's default guidance; with --compile, a job at the default size and a batch "
+        "of two, the graphs every later request reuses",
     )
     model.add_argument("--cache-dir", help="where the tiny model is built (default ~/.cache/glmimage)")
-    serving = p.add_argument_group("serving")
+
+
+def _serving_options(serving: argparse._ArgumentGroup) -> None:
     serving.add_argument("--host", help="default GRADIO_SERVER_NAME or 127.0.0.1")
     serving.add_argument("--port", type=int, help="default GRADIO_SERVER_PORT or 7860")
     serving.add_argument(
@@ -425,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="uploads per visitor address, e.g. 20/minute; a request counts once per --max-upload-mb it declares "
         "(a 4-picture upload of 20 MB each counts 4); 0 disables (default 20/minute)",
     )
-    cluster = p.add_argument_group("cluster (Ray Serve, needs requirements-ray.txt)")
+
+
+def _cluster_options(cluster: argparse._ArgumentGroup) -> None:
     cluster.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -450,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a replica may go without progress mid-job, or the pool without any replica up, before the "
         "job moves to another replica once, then fails with a message (default 300)",
     )
-    privacy = p.add_argument_group("privacy")
+
+
+def _privacy_options(privacy: argparse._ArgumentGroup) -> None:
     privacy.add_argument("--max-sessions", type=int, help="most sessions kept in memory (default 2000)")
     privacy.add_argument(
         "--session-ttl", type=float, help="seconds a session's history is kept after its last action (default 3600)"
@@ -461,7 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="write prompt text to the server log (default off)",
     )
-    operators = p.add_argument_group("operators")
+
+
+def _operator_options(operators: argparse._ArgumentGroup) -> None:
     operators.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (chain)")
     operators.add_argument("--ssl-keyfile", help="the PEM private key of --ssl-certfile")
     operators.add_argument(
@@ -486,7 +504,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics", action=argparse.BooleanOptionalAction, help="Prometheus metrics at /metrics (default on)"
     )
     operators.add_argument("--contact", help="support line (Markdown, e.g. an e-mail link) shown on the page")
-    return p
 
 
 def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -193,9 +193,7 @@ def launch(
     started = time.monotonic()
     app = create_app(settings, engine_factory)
     demo, loader = app.demo, app.loader
-    from .gradio_adapter import page_script
-    from .layout import CSS, TITLE
-    from .security import EdgeMiddleware
+    from .layout import CSS
     from .wiring import forget_idle_sessions_forever
 
     sweeper = FileSweeper(app.files_root, settings.file_ttl)
@@ -215,27 +213,8 @@ def launch(
             app.edge.at_shutdown()
             app.engine.close()  # with Ray: a Ray this server started stops with it
 
-    routes = [
-        health_route(demo, loader, started, replicas),
-        NO_DEEP_LINKS,
-        ready_route(loader, lambda: not_ready_reasons(loader, app.maintenance, app.drain), replicas),
-        page_script_route(page_script(TITLE, tab_title_words(app.context.translator))),
-    ]
-    if app.metrics is not None:
-        routes.append(metrics_route(app.metrics))
-    # Outermost first: with a login, nobody without one reaches anything else (they get 401 and nothing more); then
-    # the edge (body limits, security headers, sessions, uploads) sees every request.
-    middleware, auth = [Middleware(EdgeMiddleware, edge=app.edge)], None
-    if settings.auth_file:
-        auth = make_auth_check(PasswordFile(settings.auth_file))
-        middleware.insert(
-            0,
-            Middleware(
-                LoginGate,
-                server_app=lambda: demo.server_app,
-                throttle=LoginThrottle(),
-            ),
-        )
+    routes = our_routes(app, started, replicas)
+    middleware, auth = login_and_edge(app, settings)
     # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so a forged header sent from this machine (or
     # through a local proxy not named) would pick the client address and dodge the rate limit: it must trust
     # exactly --trusted-proxies. Read when launch() builds uvicorn's config.
@@ -273,23 +252,59 @@ def launch(
         quiet=False,
     )
     if block:
-        # Not Gradio's own wait: on Ctrl-C it only asks uvicorn to stop and gives up after 5 s while page
-        # connections stay open, so the lifespan's clean-up could die with the process.
-        signals = signals or ShutdownSignals()
-        try:
-            while demo.is_running and not signals.wait(0.1):
-                pass
-            drain(app, settings.drain_timeout, signals)
-        except KeyboardInterrupt:
-            drain(app, settings.drain_timeout, signals)
-        finally:
-            log.info("stopping")
-            demo.close(verbose=False)
-            sweeper.close()  # nothing generated outlives the server, even if the lifespan did not finish
-            log.info("stopped; generated files deleted")
-            app.edge.at_shutdown()
-            app.engine.close()
+        serve_until_stopped(app, settings.drain_timeout, sweeper, signals or ShutdownSignals())
     return app
+
+
+def our_routes(app: App, started: float, replicas: Callable[[], Any]) -> list[Any]:
+    """The routes GLM Image adds beside Gradio's: health, readiness, the page's script, metrics."""
+    from .gradio_adapter import page_script
+    from .layout import TITLE
+
+    loader = app.loader
+    routes = [
+        health_route(app.demo, loader, started, replicas),
+        NO_DEEP_LINKS,
+        ready_route(loader, lambda: not_ready_reasons(loader, app.maintenance, app.drain), replicas),
+        page_script_route(page_script(TITLE, tab_title_words(app.context.translator))),
+    ]
+    if app.metrics is not None:
+        routes.append(metrics_route(app.metrics))
+    return routes
+
+
+def login_and_edge(app: App, settings: Settings) -> tuple[list[Middleware], Any]:
+    """The middleware, outermost first, and Gradio's login check (None without ``--auth-file``). With a login,
+    nobody without one reaches anything else (they get 401 and nothing more); then the edge (body limits, security
+    headers, sessions, uploads) sees every request."""
+    from .security import EdgeMiddleware
+
+    middleware, auth = [Middleware(EdgeMiddleware, edge=app.edge)], None
+    if settings.auth_file:
+        auth = make_auth_check(PasswordFile(settings.auth_file))
+        demo = app.demo
+        middleware.insert(0, Middleware(LoginGate, server_app=lambda: demo.server_app, throttle=LoginThrottle()))
+    return middleware, auth
+
+
+def serve_until_stopped(app: App, drain_timeout: float, sweeper: FileSweeper, signals: ShutdownSignals) -> None:
+    """Serve until SIGTERM or Ctrl-C, drain, then close and delete every generated file.
+
+    Not Gradio's own wait: on Ctrl-C it only asks uvicorn to stop and gives up after 5 s while page connections
+    stay open, so the lifespan's clean-up could die with the process."""
+    try:
+        while app.demo.is_running and not signals.wait(0.1):
+            pass
+        drain(app, drain_timeout, signals)
+    except KeyboardInterrupt:
+        drain(app, drain_timeout, signals)
+    finally:
+        log.info("stopping")
+        app.demo.close(verbose=False)
+        sweeper.close()  # nothing generated outlives the server, even if the lifespan did not finish
+        log.info("stopped; generated files deleted")
+        app.edge.at_shutdown()
+        app.engine.close()
 
 
 def drain(app: App, timeout: float, signals: ShutdownSignals) -> None:
