@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import socket
@@ -37,6 +38,22 @@ def run_async(coroutine: Any) -> Any:
     loop running on the main thread, where ``asyncio.run`` refuses to start."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
+
+
+def files_in(root: Path) -> dict[Path, bytes]:
+    """Every file under ``root`` with its bytes. Servers of other tests clear their sessions' folders while this
+    walks, so a file or folder that vanishes in between is passed over (``os.walk`` skips folders it cannot list)."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for path in (Path(folder) / name for name in names):
+            with contextlib.suppress(FileNotFoundError):
+                found[path] = path.read_bytes()
+    return found
+
+
+def copies_of(data: bytes) -> list[Path]:
+    """Every file under Gradio's temporary folder with exactly these bytes."""
+    return [path for path, found in files_in(Path(os.environ["GRADIO_TEMP_DIR"])).items() if found == data]
 
 
 def free_port() -> int:

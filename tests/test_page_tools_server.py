@@ -5,9 +5,7 @@ queue each event waits in."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +15,7 @@ import gradio as gr
 import httpx
 import numpy as np
 import pytest
-from conftest import request_kwargs
+from conftest import copies_of, request_kwargs
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError, ValidationError
 from PIL import Image, PngImagePlugin
@@ -32,13 +30,6 @@ def a1111_png(path: Path, text: str) -> Path:
     info.add_text("parameters", text)
     Image.new("RGB", (16, 16), "green").save(path, format="PNG", pnginfo=info)
     return path
-
-
-def copies_of(data: bytes) -> list[Path]:
-    """Every file under Gradio's temporary folder with exactly these bytes."""
-    digest = hashlib.sha256(data).hexdigest()
-    root = Path(os.environ["GRADIO_TEMP_DIR"])
-    return [p for p in root.rglob("*") if p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest() == digest]
 
 
 def pixels(path: str) -> np.ndarray:

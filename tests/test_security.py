@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from conftest import request_kwargs
+from conftest import files_in, request_kwargs
 from rawhttp import as_data, call, http_client, read_events, session_of, submit
 
 from glmimage import limits
@@ -206,7 +206,7 @@ def test_gradios_own_session_ids_are_accepted(server):
 
 
 def files_outside_glmimage(temp: Path) -> set[Path]:
-    return {p for p in temp.rglob("*") if p.is_file() and "glmimage" not in p.relative_to(temp).parts}
+    return {p for p in files_in(temp) if "glmimage" not in p.relative_to(temp).parts}
 
 
 def test_the_recording_route_is_refused_uploads_are_bounded_and_no_unused_or_aborted_upload_stays(server):

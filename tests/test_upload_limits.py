@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 import pytest
-from conftest import free_port
+from conftest import files_in, free_port
 from rawhttp import http_client
 
 from glmimage.config import Settings
@@ -36,7 +36,7 @@ def glm(start_server):
 def temp_files() -> set[Path]:
     """Files under Gradio's temporary folder other than the server's own generated files."""
     temp = Path(os.environ["GRADIO_TEMP_DIR"])
-    return {p for p in temp.rglob("*") if p.is_file() and "glmimage" not in p.relative_to(temp).parts}
+    return {p for p in files_in(temp) if "glmimage" not in p.relative_to(temp).parts}
 
 
 def pictures(count: int, size: int = 1000, name: str = "p") -> list[tuple[str, tuple[str, bytes, str]]]:
