@@ -118,7 +118,8 @@ def test_a_file_that_is_not_a_picture_is_refused_in_the_visitors_language(server
 
 def test_naming_a_file_on_the_server_instead_of_uploading_one_reads_and_deletes_nothing(server, client):
     client.predict(**request_kwargs(), api_name="/generate")
-    theirs = Path(next(iter(server.app.files_root.rglob("*.png"))))  # some visitor's generated image
+    (session,) = adapter.session_values(server.app.demo, client.session_hash)
+    theirs = next(session.folder.glob("*.png"))  # a visitor's generated image, kept for its history
     body = {"data": [{"path": str(theirs), "meta": {"_type": "gradio.FileData"}}]}
     with httpx.Client(base_url=server.url, timeout=60) as http:
         event = http.post("/gradio_api/call/read_parameters", json=body).json()["event_id"]
