@@ -9,9 +9,11 @@ Changes to a session (a finishing job, clear, privacy toggles, dispose) are seri
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -125,6 +127,8 @@ class Session:
         with self.lock:
             if self.disposed:
                 raise SessionEnded(self.id)
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.folder)  # a folder in use is never an old empty one to the FileSweeper
             self.folder.mkdir(parents=True, exist_ok=True)
             return self.folder / f"{uuid.uuid4().hex}{suffix}"
 
@@ -238,21 +242,29 @@ class FileSweeper:
         self._thread: threading.Thread | None = None
 
     def sweep(self, now: float | None = None) -> int:
-        """Delete expired files and empty session folders once; returns how many files went."""
+        """Delete expired files, then session folders left empty for ``ttl_s`` (a folder's time changes with every
+        file added or removed, and :meth:`Session.new_file` touches it), once; returns how many files went.
+
+        Sessions write into and clear their folders on their own threads meanwhile: a file or folder that vanishes
+        under the walk (``os.walk`` passes over folders it cannot list) or fills before its removal is passed
+        over, and the pass goes on."""
         now = time.time() if now is None else now
         removed = 0
-        if not self.root.is_dir():
-            return 0
-        for path in self.root.rglob("*"):
-            try:
-                if path.is_file() and now - path.stat().st_mtime >= self.ttl_s:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        for folder in self.root.iterdir():
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        for folder, _, names in os.walk(self.root):
+            for path in (Path(folder) / name for name in names):
+                try:
+                    if path.is_file() and now - path.stat().st_mtime >= self.ttl_s:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        with contextlib.suppress(FileNotFoundError):
+            for folder in list(self.root.iterdir()):
+                try:
+                    if folder.is_dir() and now - folder.stat().st_mtime >= self.ttl_s and not any(folder.iterdir()):
+                        folder.rmdir()
+                except OSError:
+                    continue  # gone already, or a file arrived since the check (ENOTEMPTY)
         return removed
 
     def start(self) -> FileSweeper:

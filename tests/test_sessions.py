@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -165,9 +166,50 @@ def test_sweeper_deletes_old_files_and_empty_folders_and_keeps_new_ones(tmp_path
     new_file.write_bytes(b"y")
     past = time.time() - 1000
     os.utime(old_file, (past, past))
-    assert FileSweeper(tmp_path, ttl_s=500).sweep() == 1
-    assert not old_file.exists() and not old_dir.exists()
-    assert new_file.exists()
+    sweeper = FileSweeper(tmp_path, ttl_s=500)
+    assert sweeper.sweep() == 1
+    assert not old_file.exists() and new_file.exists()
+    # An emptied folder goes once it has stayed empty for the TTL, not before; the one in use stays.
+    assert old_dir.exists()
+    os.utime(old_dir, (past, past))
+    assert sweeper.sweep() == 0
+    assert not old_dir.exists() and new_file.exists()
+
+
+def test_a_sweep_finishes_its_pass_while_sessions_write_and_clear_their_folders(tmp_path):
+    # Sessions create, write into and clear their folders on their own threads while the sweeper walks the tree. A
+    # folder that vanishes under the walk is passed over, every expired file still goes, and no session ever finds
+    # the folder it was just given removed under it.
+    stop, failures = threading.Event(), []
+    sessions = [Session(str(tmp_path)) for _ in range(4)]
+
+    def busy_sessions() -> None:
+        while not stop.is_set():
+            for session in sessions:
+                try:
+                    session.new_file().write_bytes(b"x")
+                except OSError as error:
+                    failures.append(error)
+                session.clear_history()
+
+    sweeper = FileSweeper(tmp_path, ttl_s=500)
+    worker = threading.Thread(target=busy_sessions)
+    worker.start()
+    try:
+        for round_ in range(300):
+            expired = tmp_path / f"session-old{round_}" / "a.png"
+            expired.parent.mkdir()
+            expired.write_bytes(b"x")
+            os.utime(expired, (time.time() - 1000,) * 2)
+            sweeper.sweep()
+            assert not expired.exists()
+            os.utime(expired.parent, (time.time() - 1000,) * 2)  # and the emptied folder stays quiet for the TTL
+            sweeper.sweep()
+    finally:
+        stop.set()
+        worker.join()
+    assert failures == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("session-old")] == []
 
 
 def test_sweeper_on_a_missing_folder_does_nothing(tmp_path):
